@@ -1,0 +1,120 @@
+"""Schema migrations: small named steps, applied in order, recorded in a table.
+
+A database made by an older meshgate upgrades itself when opened. A step is
+never edited once released; a change to the schema is a new step at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from sqlalchemy import Connection, Engine, insert, inspect, select, text
+
+from meshgate.store import schema
+
+Step = Callable[[Connection], None]
+
+_V1_TABLES = [
+    schema.mesh,
+    schema.services,
+    schema.proxies,
+    schema.instances,
+    schema.policies,
+    schema.jwt_providers,
+    schema.edge_routes,
+    schema.edge_certs,
+    schema.ca_certs,
+    schema.settings,
+    schema.proxy_status,
+    schema.revisions,
+    schema.denial_events,
+]
+
+
+def _0001_initial(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=_V1_TABLES)
+    conn.execute(text("CREATE INDEX ix_instances_service ON instances (service)"))
+    conn.execute(text("CREATE INDEX ix_denial_events_at ON denial_events (at)"))
+    conn.execute(text("CREATE INDEX ix_edge_routes_gateway ON edge_routes (gateway)"))
+
+
+# Views are part of the public interface (docs/schema.md); users query them.
+_VIEWS = {
+    "v_services": """
+        SELECT s.name, s.protocol, s.port, s.labels,
+               COUNT(i.id) AS instances,
+               COALESCE(SUM(CASE WHEN i.healthy THEN 1 ELSE 0 END), 0) AS healthy_instances
+        FROM services s LEFT JOIN instances i ON i.service = s.name
+        GROUP BY s.name, s.protocol, s.port, s.labels
+    """,
+    "v_instances": """
+        SELECT i.id, i.service, i.address, i.inbound_port, i.app_port, i.weight,
+               i.healthy, i.source, i.proxy
+        FROM instances i
+    """,
+    "v_proxies": """
+        SELECT p.name, p.kind, p.service, p.listen, p.revoked,
+               MAX(CASE WHEN st.connected THEN 1 ELSE 0 END) AS connected,
+               MAX(st.last_seen) AS last_seen,
+               SUM(CASE WHEN st.nack_version IS NOT NULL
+                         AND (st.acked_version IS NULL OR st.acked_at < st.nack_at)
+                        THEN 1 ELSE 0 END) AS types_nacked
+        FROM proxies p LEFT JOIN proxy_status st ON st.proxy = p.name
+        GROUP BY p.name, p.kind, p.service, p.listen, p.revoked
+    """,
+    "v_policies": """
+        SELECT id, action, sources, target, methods, paths, headers, grpc_methods,
+               claims, mode
+        FROM policies
+    """,
+    "v_edge_routes": """
+        SELECT id, gateway, host, prefix, service, auth, rate_requests, rate_per_seconds
+        FROM edge_routes
+    """,
+    "v_nacks": """
+        SELECT proxy, type, nack_version, nack_detail, nack_resources, nack_sources, nack_at
+        FROM proxy_status WHERE nack_version IS NOT NULL
+    """,
+    "v_denials": """
+        SELECT id, at, proxy, caller, callee, route, method, path, status, rule_id, reason
+        FROM denial_events
+    """,
+}
+
+
+def _0002_views(conn: Connection) -> None:
+    for name, body in _VIEWS.items():
+        conn.execute(text(f"CREATE VIEW {name} AS {body}"))
+
+
+STEPS: list[tuple[str, Step]] = [
+    ("0001_initial", _0001_initial),
+    ("0002_views", _0002_views),
+]
+
+
+def applied(conn: Connection) -> set[str]:
+    if not inspect(conn).has_table("schema_migrations"):
+        return set()
+    return set(conn.execute(select(schema.schema_migrations.c.name)).scalars())
+
+
+def upgrade(engine: Engine) -> list[str]:
+    """Apply every step not yet recorded, each in its own transaction."""
+    with engine.begin() as conn:
+        schema.metadata.create_all(conn, tables=[schema.schema_migrations])
+        done = applied(conn)
+    ran: list[str] = []
+    for name, step in STEPS:
+        if name in done:
+            continue
+        with engine.begin() as conn:
+            if name in applied(conn):  # another process got there first
+                continue
+            step(conn)
+            conn.execute(
+                insert(schema.schema_migrations).values(name=name, applied_at=time.time())
+            )
+        ran.append(name)
+    return ran

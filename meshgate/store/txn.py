@@ -1,0 +1,98 @@
+"""Writes: every change is one transaction that also records a revision.
+
+    with write(engine, "add service orders") as w:
+        w.conn.execute(insert(services).values(...))
+        w.record("service", "orders", "add", before=None, after={...})
+
+The revision row is inserted in the same transaction, so a failed command
+leaves neither the change nor its revision behind.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy.exc import OperationalError
+
+from meshgate.store import schema
+from meshgate.store.errors import LockedError, StoreError
+
+
+def default_actor() -> str:
+    """`MESHGATE_ACTOR`, else user@host."""
+    env = os.environ.get("MESHGATE_ACTOR")
+    if env:
+        return env
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+@dataclass
+class Write:
+    conn: Connection
+    summary: str
+    actor: str
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    revision: int | None = None
+
+    def record(
+        self,
+        kind: str,
+        key: str,
+        op: str,
+        *,
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+    ) -> None:
+        """Note one entity change (op: add, update, remove) for the revision."""
+        self.changes.append(
+            {"kind": kind, "key": key, "op": op, "before": before, "after": after}
+        )
+
+
+@contextmanager
+def write(engine: Engine, summary: str, actor: str | None = None) -> Iterator[Write]:
+    """One transaction; on success records a revision when anything changed."""
+    try:
+        with engine.begin() as conn:
+            w = Write(conn=conn, summary=summary, actor=actor or default_actor())
+            yield w
+            if w.changes:
+                result = conn.execute(
+                    insert(schema.revisions).values(
+                        actor=w.actor,
+                        at=time.time(),
+                        summary=summary,
+                        changes=json.dumps(w.changes, sort_keys=True, default=str),
+                    )
+                )
+                w.revision = int(result.inserted_primary_key[0])  # type: ignore[index]
+    except OperationalError as exc:
+        msg = str(exc.orig)
+        if "locked" in msg or "busy" in msg:
+            raise LockedError(
+                "the database is locked by another writer (waited "
+                f"{engine.url.get_backend_name() == 'sqlite' and '5 s' or 'the timeout'}); "
+                "nothing was changed, try again"
+            ) from exc
+        if "disk" in msg or "full" in msg:
+            raise StoreError(f"the database could not be written ({msg}); nothing was changed") from exc
+        raise StoreError(f"database error: {msg}; nothing was changed") from exc
+
+
+def current_revision(conn: Connection) -> int:
+    from sqlalchemy import func
+
+    return int(conn.execute(select(func.coalesce(func.max(schema.revisions.c.id), 0))).scalar_one())

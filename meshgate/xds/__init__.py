@@ -1,0 +1,1 @@
+"""meshgate.xds"""
