@@ -189,6 +189,9 @@ proxy_status = Table(
     Column("nack_resources", Text),  # JSON list of resource names
     Column("nack_sources", Text),  # JSON list of "service:x", "policy:y", "route:z"
     Column("nack_at", Float),
+    # sds only: SHA-256 fingerprints of the roots in the trust bundle the proxy
+    # last ACKed (JSON list); root rotation waits on these.
+    Column("acked_roots", Text),
 )
 
 revisions = Table(
