@@ -88,9 +88,19 @@ def _0002_views(conn: Connection) -> None:
         conn.execute(text(f"CREATE VIEW {name} AS {body}"))
 
 
+def _0003_proxy_status_acked_issuer(conn: Connection) -> None:
+    # sds only: fingerprint of the CA that signed the identity the proxy last
+    # ACKed; root rotation waits until every connected proxy ACKed the new signer.
+    # 0001 creates tables from the current schema, so a new database has it already.
+    columns = {c["name"] for c in inspect(conn).get_columns("proxy_status")}
+    if "acked_issuer" not in columns:
+        conn.execute(text("ALTER TABLE proxy_status ADD COLUMN acked_issuer VARCHAR(64)"))
+
+
 STEPS: list[tuple[str, Step]] = [
     ("0001_initial", _0001_initial),
     ("0002_views", _0002_views),
+    ("0003_proxy_status_acked_issuer", _0003_proxy_status_acked_issuer),
 ]
 
 

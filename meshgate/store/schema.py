@@ -192,6 +192,9 @@ proxy_status = Table(
     # sds only: SHA-256 fingerprints of the roots in the trust bundle the proxy
     # last ACKed (JSON list); root rotation waits on these.
     Column("acked_roots", Text),
+    # sds only: SHA-256 fingerprint of the CA certificate that signed the
+    # identity the proxy last ACKed (migration 0003).
+    Column("acked_issuer", String(64)),
 )
 
 revisions = Table(
