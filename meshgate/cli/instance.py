@@ -1,10 +1,112 @@
-"""`meshgate instance`: Manage the instances (replicas) of services."""
+"""`meshgate instance add|list|remove`: the replicas of services."""
 
 from __future__ import annotations
 
 import click
 
+from meshgate.cli.context import CliContext, pass_ctx
+from meshgate.cli.output import emit, output_option
+from meshgate.cli.params import INT
+from meshgate.store.instances import (
+    MAX_WEIGHT,
+    add_instance,
+    instance_key,
+    instance_to_dict,
+    list_instances,
+    remove_instance,
+)
+from meshgate.store.txn import write
+
+LIST_COLUMNS = (
+    "id", "service", "address", "inbound_port", "app_port", "weight", "healthy", "source", "proxy",
+)
+
 
 @click.group("instance")
 def instance() -> None:
-    """Manage the instances (replicas) of services."""
+    """Manage the instances (replicas) of services.
+
+    Sidecars that connect to `meshgate serve` register their own instance;
+    these commands add and remove instances by hand.
+
+    \b
+    Examples:
+        meshgate instance add orders --address 127.0.0.1 --inbound-port 15006 --app-port 8080
+        meshgate instance list --service orders
+    """
+
+
+@instance.command("add")
+@click.argument("service")
+@click.option(
+    "--address", required=True, help="IP address or host name where the sidecar accepts mTLS."
+)
+@click.option(
+    "--inbound-port", type=INT, required=True, help="The sidecar's inbound mTLS port (1-65535)."
+)
+@click.option(
+    "--app-port", type=INT, required=True, help="Port the application listens on (1-65535)."
+)
+@click.option(
+    "--weight",
+    type=INT,
+    default=1,
+    show_default=True,
+    help=f"Load-balancing weight (1-{MAX_WEIGHT}).",
+)
+@pass_ctx
+def add(
+    ctx: CliContext, service: str, address: str, inbound_port: int, app_port: int, weight: int
+) -> None:
+    """Add an instance of SERVICE.
+
+    Exit 1 when the service does not exist or an instance already has this
+    address and inbound port.
+
+    \b
+    Examples:
+        meshgate instance add orders --address 127.0.0.1 --inbound-port 15006 --app-port 8080
+        meshgate instance add orders --address 10.0.0.8 --inbound-port 15006 --app-port 8080 --weight 3
+    """
+    summary = f"instance add {service} {address}:{inbound_port}"
+    with write(ctx.engine, summary, ctx.actor) as w:
+        inst = add_instance(w, service, address, inbound_port, app_port, weight)
+    click.echo(
+        f'instance {inst.id} added to service "{inst.service}" (revision {w.revision}): '
+        f"{instance_key(inst)} -> app port {inst.app_port}, weight {inst.weight}"
+    )
+
+
+@instance.command("list")
+@click.option("--service", help="Only the instances of this service.")
+@output_option
+@pass_ctx
+def list_(ctx: CliContext, service: str | None, output: str) -> None:
+    """List instances, optionally of one service.
+
+    \b
+    Examples:
+        meshgate instance list
+        meshgate instance list --service orders --output json
+    """
+    with ctx.engine.connect() as conn:
+        rows = [instance_to_dict(i) for i in list_instances(conn, service)]
+    emit(rows, output, columns=LIST_COLUMNS)
+
+
+@instance.command("remove")
+@click.argument("id", type=INT)
+@pass_ctx
+def remove(ctx: CliContext, id: int) -> None:  # noqa: A002 - the CLI argument is ID
+    """Remove the instance with this ID (see `meshgate instance list`).
+
+    \b
+    Examples:
+        meshgate instance remove 3
+    """
+    with write(ctx.engine, f"instance remove {id}", ctx.actor) as w:
+        inst = remove_instance(w, id)
+    click.echo(
+        f'instance {inst.id} ({instance_key(inst)} of service "{inst.service}") removed '
+        f"(revision {w.revision})"
+    )

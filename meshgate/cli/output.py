@@ -56,7 +56,7 @@ def emit(
     if isinstance(data, dict):
         table = Table(show_header=False, title=title, box=None)
         table.add_column("field", style="bold")
-        table.add_column("value")
+        table.add_column("value", overflow="fold")
         for k, v in data.items():
             table.add_row(k, _cell(v))
         console.print(table)
@@ -65,7 +65,7 @@ def emit(
     cols = list(columns or (rows[0].keys() if rows else []))
     table = Table(title=title)
     for c in cols:
-        table.add_column(c)
+        table.add_column(c, overflow="fold")
     for r in rows:
         table.add_row(*(_cell(r.get(c)) for c in cols))
     if not rows:

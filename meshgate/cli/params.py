@@ -1,0 +1,67 @@
+"""Click parameter types that leave judgement to meshgate's validation.
+
+Click stops at the first value it cannot convert, so `--port abc --protocol ftp`
+would report only the port. These types convert what they can and pass the
+rest through unchanged; the store's `validate_*` functions then report every
+bad field at once, each with its name, in one `error:` line (exit 2).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import click
+from click.shell_completion import CompletionItem
+
+_INT = re.compile(r"^[+-]?\d+$")
+
+
+class LenientInt(click.ParamType):
+    """An integer when the text is one; otherwise the text, for validation to name."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        return int(text) if _INT.match(text) else value
+
+
+class LenientChoice(click.ParamType):
+    """One of `choices` (shown in help and offered by shell completion), checked later."""
+
+    name = "choice"
+
+    def __init__(self, choices: Iterable[str]) -> None:
+        self.choices = tuple(choices)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[" + "|".join(self.choices) + "]"
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[CompletionItem]:
+        return [CompletionItem(c) for c in self.choices if c.startswith(incomplete)]
+
+
+INT = LenientInt()
+
+
+def require_any(**given: Any) -> None:
+    """Usage error (exit 2) unless at least one of the named options was given."""
+    if all(v is None or v == () for v in given.values()):
+        names = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise click.UsageError(f"nothing to change: give at least one of {names}")
+
+
+def describe_update(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """`port 80 -> 8080, labels {} -> {'team': 'shop'}` for the fields that differ."""
+    parts = [
+        f"{k} {before.get(k)!r} -> {after.get(k)!r}"
+        for k in after
+        if before.get(k) != after.get(k)
+    ]
+    return ", ".join(parts)
