@@ -28,7 +28,8 @@ def is_dns_label(value: str) -> bool:
 
 
 def is_hostname(value: str) -> bool:
-    return bool(_HOSTNAME.match(value))
+    # An all-digit last label (e.g. "999.1.1.1") is a mistyped IP, not a host name (RFC 1123).
+    return bool(_HOSTNAME.match(value)) and not value.rstrip(".").rsplit(".", 1)[-1].isdigit()
 
 
 def is_ip(value: str) -> bool:

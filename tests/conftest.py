@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,3 +38,56 @@ def run(db_path: Path) -> Invoke:
         return runner.invoke(cli, ["--db", str(db_path), *args], input=input, catch_exceptions=False)
 
     return invoke
+
+
+def dump_database(path: Path) -> str:
+    """Every table, view, index and row of the SQLite file (sqlite3 iterdump), or "" if absent.
+
+    Compare a dump before and after a command to prove it changed nothing.
+    """
+    import sqlite3
+
+    if not path.exists():
+        return ""
+    conn = sqlite3.connect(path)
+    try:
+        return "\n".join(conn.iterdump())
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def db_dump(db_path: Path) -> Callable[[], str]:
+    """`db_dump()` returns the full dump of the test database (see dump_database)."""
+    return lambda: dump_database(db_path)
+
+
+@pytest.fixture
+def initialized(run: Invoke) -> Invoke:
+    """`run`, after `meshgate init --trust-domain example.org` on the test database."""
+    result = run("init", "--trust-domain", "example.org")
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture
+def pg_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test, dropped after.
+
+    Skips unless MESHGATE_TEST_PG is set (`make pg`). Also sets MESHGATE_CA_KEY:
+    a PostgreSQL store has no key file beside it.
+    """
+    from meshgate.ca.keys import ENV_KEY, encode_key, generate_key
+    from tests.pgdb import fresh_database
+
+    with fresh_database() as url:
+        monkeypatch.setenv(ENV_KEY, encode_key(generate_key()))
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test on both backends: a new SQLite file, then a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'meshgate.db'}"
+    return str(request.getfixturevalue("pg_url"))
