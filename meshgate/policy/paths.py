@@ -1,0 +1,135 @@
+"""Request paths as policy rules see them: globs, rule-path checks, HCM normalization.
+
+Rules match the path Envoy's HTTP connection manager hands to its filters,
+after the hardening in `hardening.py` (normalize_path, merge_slashes, escaped
+slashes rejected). `normalize_request_path` reproduces that normalization so
+`policy check` evaluates the same path Envoy's RBAC filter sees; a test runs
+the table of tricky paths through the real Envoy and compares.
+
+Globs (`--path`):
+- `*` matches within one segment: `/api/*` matches `/api/x`, not `/api/x/y`
+  and not `/api/`; `/files/*.json` matches `/files/a.json`.
+- `**` as a whole segment matches any number of segments: `/api/**` matches
+  `/api/`, `/api/x` and `/api/x/y/z` (not `/api`); `/a/**/z` matches `/a/z`
+  and `/a/b/c/z`.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+
+# Characters a rule path may hold literally (RFC 3986 pchar without '%';
+# escapes are refused: Envoy decodes unreserved escapes before RBAC runs).
+_PCHARS = set(string.ascii_letters + string.digits + "-._~!$&'()+,;=:@/")
+_UNRESERVED = set(string.ascii_letters + string.digits + "-._~")
+_HEX = set("0123456789abcdefABCDEF")
+
+
+def rule_path_problems(value: str, kind: str) -> list[str]:
+    """Why `value` cannot be a rule path of `kind` (exact, prefix, glob); [] when fine."""
+    problems: list[str] = []
+    if not value.startswith("/"):
+        return [f"{value!r} must start with '/'"]
+    allowed = _PCHARS | ({"*"} if kind == "glob" else set())
+    bad = sorted({c for c in value if c not in allowed})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        hint = " (percent-escapes are decoded by Envoy before matching: write the plain character)" if "%" in bad else ""
+        if "*" in bad and kind != "glob":
+            hint += " ('*' is a wildcard only in --path globs)"
+        problems.append(f"{value!r} holds characters a path rule cannot use: {shown}{hint}")
+    if "//" in value:
+        problems.append(f"{value!r} holds '//': Envoy merges repeated slashes, so it never matches")
+    segments = value.split("/")[1:]
+    # a trailing "." or ".." segment of a prefix is a plain prefix of a name (/v1/.well), so only
+    # complete segments are dot segments; for a prefix the last segment may be incomplete
+    complete = segments if kind != "prefix" else segments[:-1]
+    if any(s in (".", "..") for s in complete) or (kind != "prefix" and value.endswith(("/.", "/.."))):
+        problems.append(f"{value!r} holds a '.' or '..' segment: Envoy resolves them, so it never matches")
+    if kind == "glob":
+        for seg in segments:
+            if "**" in seg and seg != "**":
+                problems.append(f"{value!r}: '**' must be a whole segment (like /api/**)")
+                break
+        if "*" not in value:
+            problems.append(f"{value!r} has no '*': use --path-exact or --path-prefix")
+    return problems
+
+
+def _literal(text: str) -> str:
+    """RE2-safe escaping: backslash before every punctuation character."""
+    return "".join(c if c.isalnum() or c in "/_" else "\\" + c for c in text)
+
+
+def glob_regex(glob: str) -> str:
+    """The RE2 (and Python re) regex, anchored, for a validated glob."""
+    segments = glob.split("/")[1:]
+    out = ""
+    for i, seg in enumerate(segments):
+        if seg == "**":
+            # trailing: anything below, including nothing; in the middle: zero or more segments
+            out += "/.*" if i == len(segments) - 1 else "(?:/[^/]+)*"
+        elif seg == "*":
+            out += "/[^/]+"
+        else:
+            # inside a segment '*' matches any run of characters but '/', even none
+            out += "/" + "[^/]*".join(_literal(part) for part in seg.split("*"))
+    return "^" + out + "$"
+
+
+@dataclass(frozen=True)
+class NormalizedPath:
+    """The path Envoy's filters see, or why Envoy refuses the request (HTTP 400)."""
+
+    path: str | None  # without the query string
+    rejected: str | None = None
+
+
+def _decode_unreserved(path: str) -> str:
+    """%XX of an unreserved character becomes the character; other escapes stay as written."""
+    out: list[str] = []
+    i = 0
+    while i < len(path):
+        c = path[i]
+        if c == "%" and i + 2 < len(path) and path[i + 1] in _HEX and path[i + 2] in _HEX:
+            ch = chr(int(path[i + 1 : i + 3], 16))
+            out.append(ch if ch in _UNRESERVED else path[i : i + 3])
+            i += 3
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _remove_dot_segments(path: str) -> str:
+    segments = path.split("/")[1:]
+    out: list[str] = []
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        if seg == ".":
+            if last:
+                out.append("")
+        elif seg == "..":
+            if out:
+                out.pop()
+            if last:
+                out.append("")
+        else:
+            out.append(seg)
+    return "/" + "/".join(out)
+
+
+def normalize_request_path(raw: str) -> NormalizedPath:
+    """Apply the HCM hardening of `hardening.hcm_path_hardening()` to a request path."""
+    path = raw.split("?", 1)[0].split("#", 1)[0]
+    if not path.startswith("/"):
+        return NormalizedPath(None, f"path {raw!r} does not start with '/'")
+    lowered = path.lower()
+    if "%2f" in lowered or "%5c" in lowered:
+        return NormalizedPath(None, "escaped slash (%2F or %5C) in the path: Envoy rejects it")
+    path = path.replace("\\", "/")
+    path = _remove_dot_segments(_decode_unreserved(path))
+    path = re.sub("/+", "/", path)
+    return NormalizedPath(path)
