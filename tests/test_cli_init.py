@@ -39,7 +39,10 @@ def test_init_creates_database_and_mesh_in_one_revision(run: Invoke, db_path: Pa
     _id, actor, summary, changes = revs[0]
     assert actor == "test@meshgate"
     assert summary == "init mesh example.org"
-    assert json.loads(changes) == [
+    all_changes = json.loads(changes)
+    # the same revision also records the mesh's root CA (issue 4)
+    assert [(c["kind"], c["op"]) for c in all_changes] == [("mesh", "add"), ("ca", "add")]
+    assert [c for c in all_changes if c["kind"] == "mesh"] == [
         {
             "kind": "mesh",
             "key": "example.org",

@@ -151,6 +151,14 @@ def _write_new_key_file(path: Path) -> KeyBox:
     return KeyBox(key, f"key file {path}")
 
 
+def key_file_path(db_url: str) -> Path | None:
+    """The key file `create_keybox` would use; None when the key comes from MESHGATE_CA_KEY."""
+    if os.environ.get(ENV_KEY):
+        return None
+    env_file = os.environ.get(ENV_KEY_FILE)
+    return Path(env_file) if env_file else key_file_for(db_url)
+
+
 def create_keybox(db_url: str) -> KeyBox:
     """At `meshgate init`: the configured key, or a new key file (mode 0600).
 
@@ -159,8 +167,7 @@ def create_keybox(db_url: str) -> KeyBox:
     """
     if os.environ.get(ENV_KEY):
         return load_keybox(db_url)
-    env_file = os.environ.get(ENV_KEY_FILE)
-    path = Path(env_file) if env_file else key_file_for(db_url)
+    path = key_file_path(db_url)
     if path is None:
         raise CaKeyError(
             f"cannot create the CA: a non-SQLite database needs {ENV_KEY} (base64 of 32 "

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 
+from meshgate.ca import create_keybox, initialize_ca
+from meshgate.ca.keys import key_file_path
 from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.params import LenientChoice
 from meshgate.durations import format_duration
@@ -74,21 +77,25 @@ def init(
     validate_mesh(trust_domain, mtls_mode, default_action, cert_ttl, instance_grace)
     path = sqlite_path(resolve_url(ctx.db))
     created = path is not None and not path.exists()
+    key_path = key_file_path(resolve_url(ctx.db))
+    key_created = key_path is not None and not key_path.exists()
     try:
         engine = open_store(ctx.db, must_exist=False)
         try:
+            keybox = create_keybox(resolve_url(ctx.db))
             with write(engine, f"init mesh {trust_domain}", ctx.actor) as w:
                 mesh = create_mesh(
                     w, trust_domain, mtls_mode, default_action, cert_ttl, instance_grace
                 )
-                # ---- CA (issue 4): create the mesh CA here, inside this same write
-                # transaction (use w.conn, and w.record(...) for the revision), so a
-                # failed CA step leaves no mesh behind. ----
+                # The mesh root CA, in this same transaction (issue 4).
+                root = initialize_ca(w, keybox, mesh.trust_domain, time.time())
         finally:
             engine.dispose()
     except BaseException:
         if created and path is not None:
             _remove_sqlite_files(path)
+        if key_created and key_path is not None:
+            key_path.unlink(missing_ok=True)
         raise
     where = str(path) if path is not None else "the database"
     click.echo(
@@ -96,6 +103,7 @@ def init(
         f"mtls {mesh.mtls_mode}, default {mesh.default_action}, "
         f"cert ttl {format_duration(mesh.cert_ttl_seconds)}"
     )
+    click.echo(f"root CA {root.fingerprint[:16]} (SHA-256), key sealed with {keybox.source}")
     click.echo("next: meshgate service add <name> --protocol http --port 8080")
 
 
