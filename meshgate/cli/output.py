@@ -53,6 +53,10 @@ def emit(
     from rich.table import Table
 
     console = Console(soft_wrap=True)
+    if not console.is_terminal:
+        # Piped or captured: print rows at their natural width (no folding), so that
+        # `meshgate ... | grep` sees whole values.
+        console = Console(soft_wrap=True, width=1000)
     if isinstance(data, dict):
         table = Table(show_header=False, title=title, box=None)
         table.add_column("field", style="bold")
