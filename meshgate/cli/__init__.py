@@ -8,9 +8,9 @@ click's usage errors exit 2. No command prints a traceback for bad input.
 from __future__ import annotations
 
 import importlib
-import sys
 
 import click
+from sqlalchemy.exc import DatabaseError
 
 from meshgate import __version__
 from meshgate.cli.context import pass_ctx  # noqa: F401  (re-exported for noun modules)
@@ -50,6 +50,10 @@ class MeshgateGroup(click.Group):
         except MeshgateError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except DatabaseError as exc:
+            # e.g. a --db file that is not a database: one line, never a traceback.
+            click.echo(f"error: database error: {exc.orig}", err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=MeshgateGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()
