@@ -31,7 +31,7 @@ def rule_path_problems(value: str, kind: str) -> list[str]:
     """Why `value` cannot be a rule path of `kind` (exact, prefix, glob); [] when fine."""
     problems: list[str] = []
     if not value.startswith("/"):
-        return [f"{value!r} must start with '/'"]
+        return [f"\"{value}\" must start with '/'"]
     allowed = _PCHARS | ({"*"} if kind == "glob" else set())
     bad = sorted({c for c in value if c not in allowed})
     if bad:
@@ -39,22 +39,22 @@ def rule_path_problems(value: str, kind: str) -> list[str]:
         hint = " (percent-escapes are decoded by Envoy before matching: write the plain character)" if "%" in bad else ""
         if "*" in bad and kind != "glob":
             hint += " ('*' is a wildcard only in --path globs)"
-        problems.append(f"{value!r} holds characters a path rule cannot use: {shown}{hint}")
+        problems.append(f"\"{value}\" holds characters a path rule cannot use: {shown}{hint}")
     if "//" in value:
-        problems.append(f"{value!r} holds '//': Envoy merges repeated slashes, so it never matches")
+        problems.append(f"\"{value}\" holds '//': Envoy merges repeated slashes, so it never matches")
     segments = value.split("/")[1:]
     # a trailing "." or ".." segment of a prefix is a plain prefix of a name (/v1/.well), so only
     # complete segments are dot segments; for a prefix the last segment may be incomplete
     complete = segments if kind != "prefix" else segments[:-1]
     if any(s in (".", "..") for s in complete) or (kind != "prefix" and value.endswith(("/.", "/.."))):
-        problems.append(f"{value!r} holds a '.' or '..' segment: Envoy resolves them, so it never matches")
+        problems.append(f"\"{value}\" holds a '.' or '..' segment: Envoy resolves them, so it never matches")
     if kind == "glob":
         for seg in segments:
             if "**" in seg and seg != "**":
-                problems.append(f"{value!r}: '**' must be a whole segment (like /api/**)")
+                problems.append(f"\"{value}\": '**' must be a whole segment (like /api/**)")
                 break
         if "*" not in value:
-            problems.append(f"{value!r} has no '*': use --path-exact or --path-prefix")
+            problems.append(f"\"{value}\" has no '*': use --path-exact or --path-prefix")
     return problems
 
 
