@@ -18,9 +18,11 @@ from meshgate.store.txn import write
 TD = "example.org"
 
 
-def new_store(path: Path, now: float) -> tuple[Engine, KeyBox]:
-    engine = open_store(str(path), must_exist=False)
-    box = create_keybox(f"sqlite:///{path}")
+def new_store(path_or_url: Path | str, now: float) -> tuple[Engine, KeyBox]:
+    """A SQLite file (path) or any database URL, with the mesh and its root CA."""
+    url = path_or_url if isinstance(path_or_url, str) else f"sqlite:///{path_or_url}"
+    engine = open_store(url, must_exist=False)
+    box = create_keybox(url)
     with write(engine, "init", "test") as w:
         w.conn.execute(insert(schema.mesh).values(id=1, trust_domain=TD, created_at=now))
         initialize_ca(w, box, TD, now)

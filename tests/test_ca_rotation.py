@@ -171,3 +171,27 @@ def test_importing_an_intermediate_of_the_same_root_needs_no_new_trust(tmp_path:
     assert rotation.advance(engine, NOW) == "idle"
     issuer.reload()
     assert issuer.bundle_fingerprints() == [root_fp]
+
+
+def test_rotation_and_issuer_on_both_backends(store_url: str) -> None:
+    """The same rotation on SQLite and PostgreSQL (skipped without MESHGATE_TEST_PG)."""
+    engine, box = new_store(store_url, NOW)
+    try:
+        issuer = IdentityIssuer(engine, box)
+        old_fp = issuer.signer_fingerprint()
+        assert issuer.identity_for("a-1", SPIFFE, 60, NOW).issuer_fingerprint == old_fp
+        set_sds(engine, "a-1", roots=[old_fp], issuer=old_fp)
+        rotation.start(engine, box, NOW)
+        new_fp = rotation.status(engine)["new"]
+        assert rotation.advance(engine, NOW) == "trusting"
+        set_sds(engine, "a-1", roots=[old_fp, new_fp], issuer=old_fp)
+        assert rotation.advance(engine, NOW) == "reissuing"
+        issuer.reload()
+        assert issuer.identity_for("a-1", SPIFFE, 60, NOW).issuer_fingerprint == new_fp
+        set_sds(engine, "a-1", roots=[old_fp, new_fp], issuer=new_fp)
+        assert rotation.advance(engine, NOW) == "retiring"
+        set_sds(engine, "a-1", roots=[new_fp], issuer=new_fp)
+        assert rotation.advance(engine, NOW) == "idle"
+        assert _statuses(engine) == {old_fp: "retired", new_fp: "active"}
+    finally:
+        engine.dispose()

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import IntegrityError
 
 from meshgate.ca import authority
 from meshgate.ca.errors import CaNotInitialized, RotationConflict
@@ -63,6 +64,15 @@ def start(engine: Engine, keybox: KeyBox, now: float, *, actor: str | None = Non
     the new key is sealed with the same store key the server will use.
     """
     what = "imported CA" if signer else "new root"
+    try:
+        return _start(engine, keybox, now, actor, signer, what)
+    except IntegrityError as exc:  # another `start` inserted the state row first
+        raise RotationConflict("another CA rotation started at the same time; see "
+                               "`meshgate ca rotate --status`") from exc
+
+
+def _start(engine: Engine, keybox: KeyBox, now: float, actor: str | None,
+           signer: authority.Signer | None, what: str) -> dict[str, Any]:
     with write(engine, f"ca rotate: start ({what})", actor) as w:
         state = rotation_state(w.conn, for_update=True)
         if state["phase"] != "idle":
