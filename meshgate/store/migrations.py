@@ -110,9 +110,22 @@ def applied(conn: Connection) -> set[str]:
     return set(conn.execute(select(schema.schema_migrations.c.name)).scalars())
 
 
+# PostgreSQL: every migration transaction first takes this advisory lock, so
+# replicas starting together upgrade one at a time (two CREATE TABLEs racing
+# would fail on the catalog's unique index). SQLite needs no lock: its
+# transactions begin IMMEDIATE, which already serializes writers.
+MIGRATION_LOCK = 0x6D67_6D69  # "mgmi"
+
+
+def _serialize(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+
+
 def upgrade(engine: Engine) -> list[str]:
     """Apply every step not yet recorded, each in its own transaction."""
     with engine.begin() as conn:
+        _serialize(conn)
         schema.metadata.create_all(conn, tables=[schema.schema_migrations])
         done = applied(conn)
     ran: list[str] = []
@@ -120,6 +133,7 @@ def upgrade(engine: Engine) -> list[str]:
         if name in done:
             continue
         with engine.begin() as conn:
+            _serialize(conn)
             if name in applied(conn):  # another process got there first
                 continue
             step(conn)
