@@ -33,8 +33,13 @@ def _rotation_revisions(engine) -> list[dict]:  # type: ignore[no-untyped-def]
     out = []
     for r in rows:
         for c in json.loads(r.changes):
-            if c["kind"] == "ca-rotation":
-                out.append({"summary": r.summary, **c})
+            if c["kind"] == "settings" and c["key"] == "ca.rotation":
+                # full rows (revision convention); no row yet means the idle phase
+                phase = {
+                    side: json.loads(c[side]["value"]) if c[side] else {"phase": "idle"}
+                    for side in ("before", "after")
+                }
+                out.append({"summary": r.summary, **c, **phase})
     return out
 
 

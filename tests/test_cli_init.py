@@ -41,22 +41,26 @@ def test_init_creates_database_and_mesh_in_one_revision(run: Invoke, db_path: Pa
     assert summary == "init mesh example.org"
     all_changes = json.loads(changes)
     # the same revision also records the mesh's root CA (issue 4)
-    assert [(c["kind"], c["op"]) for c in all_changes] == [("mesh", "add"), ("ca", "add")]
-    assert [c for c in all_changes if c["kind"] == "mesh"] == [
-        {
-            "kind": "mesh",
-            "key": "example.org",
-            "op": "add",
-            "before": None,
-            "after": {
-                "trust_domain": "example.org",
-                "mtls_mode": "strict",
-                "default_action": "deny",
-                "cert_ttl_seconds": 3600,
-                "instance_grace_seconds": 30,
-            },
-        }
+    # revision convention: kind = table, key = primary key, after = the full row
+    assert [(c["kind"], c["key"], c["op"]) for c in all_changes] == [
+        ("mesh", "1", "add"), ("ca_certs", "1", "add")
     ]
+    (mesh_change,) = [c for c in all_changes if c["kind"] == "mesh"]
+    assert mesh_change["before"] is None
+    created = mesh_change["after"].pop("created_at")
+    assert isinstance(created, float)
+    assert mesh_change["after"] == {
+        "id": 1,
+        "trust_domain": "example.org",
+        "mtls_mode": "strict",
+        "default_action": "deny",
+        "cert_ttl_seconds": 3600,
+        "instance_grace_seconds": 30,
+    }
+    # the CA row is recorded without its sealed private key
+    (ca_change,) = [c for c in all_changes if c["kind"] == "ca_certs"]
+    assert ca_change["after"]["key_encrypted"] == "(redacted)"
+    assert ca_change["after"]["status"] == "active"
 
 
 def test_init_with_every_option(run: Invoke, db_path: Path) -> None:

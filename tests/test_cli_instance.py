@@ -71,10 +71,15 @@ def test_add_list_remove(orders: Invoke, db_path: Path) -> None:
         conn.close()
     (a4, s4, c4), (a7, s7, c7) = rows
     assert (a4, s4) == ("test@meshgate", "instance add orders 127.0.0.1:15006")
-    assert json.loads(c4) == [{"kind": "instance", "key": "127.0.0.1:15006", "op": "add",
-                               "before": None, "after": listed[0]}]
+    (added,) = json.loads(c4)
+    assert (added["kind"], added["key"], added["op"], added["before"]) == ("instances", "1", "add", None)
+    row = dict(added["after"])
+    assert isinstance(row.pop("created_at"), float)
+    assert row == {**listed[0], "disconnected_at": None}
     assert s7 == "instance remove 1"
-    assert json.loads(c7)[0]["before"] == listed[0] and json.loads(c7)[0]["after"] is None
+    (removed,) = json.loads(c7)
+    assert (removed["kind"], removed["key"], removed["after"]) == ("instances", "1", None)
+    assert removed["before"] == added["after"]
 
 
 def test_same_address_and_port_twice_is_refused(orders: Invoke, db_path: Path) -> None:

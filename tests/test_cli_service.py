@@ -48,11 +48,12 @@ def test_add_then_list_json(initialized: Invoke, db_path: Path) -> None:
     ]
     actor, summary, changes = _revision(db_path, 2)
     assert (actor, summary) == ("test@meshgate", "service add orders")
-    assert changes == [{
-        "kind": "service", "key": "orders", "op": "add", "before": None,
-        "after": {"name": "orders", "protocol": "http", "port": 8080,
-                  "labels": {"team": "shop", "tier": "1"}},
-    }]
+    (change,) = changes
+    after = change.pop("after")
+    assert change == {"kind": "services", "key": "orders", "op": "add", "before": None}
+    assert isinstance(after.pop("created_at"), float) and isinstance(after.pop("updated_at"), float)
+    assert after == {"name": "orders", "protocol": "http", "port": 8080,
+                     "labels": '{"team": "shop", "tier": "1"}'}
 
 
 def test_defaults_and_table_and_yaml(initialized: Invoke) -> None:
@@ -96,7 +97,7 @@ def test_update_port_and_labels(initialized: Invoke, db_path: Path) -> None:
     assert summary == "service update orders"
     assert changes[0]["op"] == "update"
     assert changes[0]["before"]["port"] == 8080 and changes[0]["after"]["port"] == 8081
-    assert changes[0]["before"]["labels"] == {"team": "shop"}
+    assert changes[0]["before"]["labels"] == '{"team": "shop"}'
 
 
 def test_update_to_same_values_records_nothing(initialized: Invoke, db_path: Path) -> None:
@@ -122,9 +123,9 @@ def test_remove_takes_its_instances_and_records_them(initialized: Invoke, db_pat
     _actor, summary, changes = _revision(db_path, 5)
     assert summary == "service remove orders"
     assert [(c["kind"], c["key"], c["op"]) for c in changes] == [
-        ("instance", "127.0.0.1:15006", "remove"),
-        ("instance", "127.0.0.1:15007", "remove"),
-        ("service", "orders", "remove"),
+        ("instances", "1", "remove"),
+        ("instances", "2", "remove"),
+        ("services", "orders", "remove"),
     ]
     assert changes[0]["before"]["app_port"] == 8080 and changes[0]["after"] is None
 

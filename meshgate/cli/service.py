@@ -195,6 +195,6 @@ def remove(ctx: CliContext, name: str) -> None:
     """
     with write(ctx.engine, f"service remove {name}", ctx.actor) as w:
         remove_service(w, name)
-        gone = sum(1 for c in w.changes if c["kind"] == "instance")
+        gone = sum(1 for c in w.changes if c["kind"] == "instances")
     extra = f", with {gone} instance{'s' if gone != 1 else ''}" if gone else ""
     click.echo(f'service "{name}" removed (revision {w.revision}){extra}')

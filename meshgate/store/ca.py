@@ -1,9 +1,9 @@
 """CA rows (`ca_certs`) and the rotation state (`settings` key `ca.rotation`).
 
-Every change goes through a `Write` and records a revision of kind "ca" (a
-certificate's status) or "ca-rotation" (the phase). Revisions never carry key
-material: a CA as the user sees it is its id, status, fingerprint, subject,
-role and validity.
+Every change goes through a `Write` and records a revision of kind "ca_certs"
+(a certificate row) or "settings" (key `ca.rotation`: the phase), full rows per
+the convention in store/rows.py. Revisions never carry key material: the sealed
+CA key is recorded as "(redacted)" (rollback never restores CA rows).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 
 from meshgate.store import schema
+from meshgate.store.rows import read_row, record_row
 from meshgate.store.txn import Write
 
 ROTATION_KEY = "ca.rotation"
@@ -116,7 +117,7 @@ def insert_ca(
     result = w.conn.execute(insert(schema.ca_certs).values(**values))
     row = get_ca(w.conn, int(result.inserted_primary_key[0]))  # type: ignore[index]
     assert row is not None
-    w.record("ca", row.fingerprint, "add", before=None, after=row.view())
+    record_row(w, schema.ca_certs, row.id, None)
     return row
 
 
@@ -124,10 +125,11 @@ def set_status(w: Write, row: CaRow, status: str) -> CaRow:
     if row.status == status:
         return row
     t = schema.ca_certs
+    before = read_row(w.conn, t, row.id)
     w.conn.execute(update(t).where(t.c.id == row.id).values(status=status))
     new = get_ca(w.conn, row.id)
     assert new is not None
-    w.record("ca", row.fingerprint, "update", before=row.view(), after=new.view())
+    record_row(w, t, row.id, before)
     return new
 
 
@@ -143,14 +145,14 @@ def rotation_state(conn: Connection, *, for_update: bool = False) -> dict[str, A
 
 def set_rotation_state(w: Write, state: dict[str, Any], now: float) -> None:
     t = schema.settings
-    before = rotation_state(w.conn)
+    before = read_row(w.conn, t, ROTATION_KEY)
     value = json.dumps(state, sort_keys=True)
     exists = w.conn.execute(select(t.c.key).where(t.c.key == ROTATION_KEY)).first()
     if exists:
         w.conn.execute(update(t).where(t.c.key == ROTATION_KEY).values(value=value, updated_at=now))
     else:
         w.conn.execute(insert(t).values(key=ROTATION_KEY, value=value, updated_at=now))
-    w.record("ca-rotation", "phase", "update", before=before, after=state)
+    record_row(w, t, ROTATION_KEY, before)
 
 
 def sds_status(conn: Connection) -> list[dict[str, Any]]:

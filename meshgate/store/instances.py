@@ -6,8 +6,8 @@
     list_instances(conn, service="orders")
 
 An instance is identified by its address and inbound port (unique); its
-numeric `id` is what the CLI shows and takes. Revisions key it as
-`address:inbound_port`, which survives a remove and re-add.
+numeric `id` is what the CLI shows and takes, and its key in revisions (the
+primary key, per the convention in store/rows.py).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from sqlalchemy import Connection, delete, insert, select
 from meshgate.errors import AlreadyExists, Conflict, NotFound
 from meshgate.model import Instance
 from meshgate.store import schema
+from meshgate.store.rows import read_row, record_row
 from meshgate.store.txn import Write
 from meshgate.store.world import instance_from_row
 from meshgate.validation import Checker, is_ip
@@ -123,7 +124,7 @@ def add_instance(
     )
     new_id = int(result.inserted_primary_key[0])  # type: ignore[index]
     inst = get_instance(conn, new_id)
-    w.record("instance", instance_key(inst), "add", before=None, after=instance_to_dict(inst))
+    record_row(w, schema.instances, inst.id, None)
     return inst
 
 
@@ -164,8 +165,9 @@ def remove_instance(w: Write, instance_id: Any) -> Instance:
     v.positive_int("id", instance_id)
     v.done()
     inst = get_instance(w.conn, instance_id)
+    before = read_row(w.conn, schema.instances, inst.id)
     w.conn.execute(delete(schema.instances).where(schema.instances.c.id == instance_id))
-    w.record("instance", instance_key(inst), "remove", before=instance_to_dict(inst), after=None)
+    record_row(w, schema.instances, inst.id, before)
     return inst
 
 

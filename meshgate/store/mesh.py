@@ -26,6 +26,7 @@ from meshgate.model import (
     Mesh,
 )
 from meshgate.store import schema
+from meshgate.store.rows import read_row, record_row
 from meshgate.store.txn import Write
 from meshgate.store.world import load_mesh, mesh_from_row
 from meshgate.validation import Checker
@@ -116,7 +117,7 @@ def create_mesh(
             created_at=time.time(),
         )
     )
-    w.record("mesh", mesh.trust_domain, "add", before=None, after=mesh_to_dict(mesh))
+    record_row(w, schema.mesh, 1, None)
     return mesh
 
 
@@ -140,6 +141,7 @@ def update_mesh(
     )
     if new == current:
         return current
+    before = read_row(w.conn, schema.mesh, 1)
     w.conn.execute(
         update(schema.mesh)
         .where(schema.mesh.c.id == 1)
@@ -150,7 +152,5 @@ def update_mesh(
             instance_grace_seconds=new.instance_grace_seconds,
         )
     )
-    w.record(
-        "mesh", new.trust_domain, "update", before=mesh_to_dict(current), after=mesh_to_dict(new)
-    )
+    record_row(w, schema.mesh, 1, before)
     return new

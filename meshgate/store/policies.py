@@ -24,6 +24,7 @@ from meshgate.errors import AlreadyExists, Conflict, NotFound
 from meshgate.model import Policy
 from meshgate.policy.validate import ANY_SOURCE, EDGE_PREFIX, check_policy
 from meshgate.store import schema
+from meshgate.store.rows import read_row, record_row
 from meshgate.store.txn import Write
 from meshgate.store.world import load_world_conn, policy_from_row
 
@@ -135,12 +136,13 @@ def add_policy(w: Write, p: Policy, *, allow_unknown: bool = False) -> Policy:
             created_at=time.time(),
         )
     )
-    w.record("policy", p.id, "add", before=None, after=policy_to_dict(p))
+    record_row(w, schema.policies, p.id, None)
     return p
 
 
 def remove_policy(w: Write, policy_id: str) -> Policy:
     p = get_policy(w.conn, policy_id)
+    before = read_row(w.conn, schema.policies, policy_id)
     w.conn.execute(delete(schema.policies).where(schema.policies.c.id == policy_id))
-    w.record("policy", policy_id, "remove", before=policy_to_dict(p), after=None)
+    record_row(w, schema.policies, policy_id, before)
     return p

@@ -25,9 +25,9 @@ from sqlalchemy import Connection, delete, insert, select, update
 from meshgate.errors import AlreadyExists, Conflict, NotFound
 from meshgate.model import PROTOCOLS, Service
 from meshgate.store import schema
-from meshgate.store.instances import instance_key, instance_to_dict
+from meshgate.store.rows import read_row, record_row
 from meshgate.store.txn import Write
-from meshgate.store.world import instance_from_row, service_from_row
+from meshgate.store.world import service_from_row
 from meshgate.validation import Checker
 
 MAX_LABELS = 64
@@ -138,7 +138,7 @@ def add_service(
             updated_at=now,
         )
     )
-    w.record("service", svc.name, "add", before=None, after=service_to_dict(svc))
+    record_row(w, schema.services, svc.name, None)
     return svc
 
 
@@ -175,6 +175,7 @@ def update_service(
     )
     if new == current:
         return current
+    before = read_row(w.conn, schema.services, name)
     w.conn.execute(
         update(schema.services)
         .where(schema.services.c.name == name)
@@ -185,9 +186,7 @@ def update_service(
             updated_at=time.time(),
         )
     )
-    w.record(
-        "service", name, "update", before=service_to_dict(current), after=service_to_dict(new)
-    )
+    record_row(w, schema.services, name, before)
     return new
 
 
@@ -227,11 +226,13 @@ def remove_service(w: Write, name: str) -> Service:
             f'service "{name}" is still used by {", ".join(users)}: remove or change them first'
         )
     inst = schema.instances
-    for row in w.conn.execute(select(inst).where(inst.c.service == name).order_by(inst.c.id)):
-        i = instance_from_row(row)
-        w.record("instance", instance_key(i), "remove", before=instance_to_dict(i), after=None)
+    ids = list(w.conn.execute(select(inst.c.id).where(inst.c.service == name).order_by(inst.c.id)).scalars())
+    gone = {i: read_row(w.conn, inst, i) for i in ids}
+    before = read_row(w.conn, schema.services, name)
     w.conn.execute(delete(inst).where(inst.c.service == name))
     w.conn.execute(delete(schema.services).where(schema.services.c.name == name))
-    w.record("service", name, "remove", before=service_to_dict(svc), after=None)
+    for i, row in gone.items():
+        record_row(w, inst, i, row)
+    record_row(w, schema.services, name, before)
     return svc
 
