@@ -97,10 +97,42 @@ def _0003_proxy_status_acked_issuer(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE proxy_status ADD COLUMN acked_issuer VARCHAR(64)"))
 
 
+def _0005_views_identity_current_nacks(conn: Connection) -> None:
+    # v_services: each service's SPIFFE identity; v_instances: when a self-registered
+    # instance's sidecar went away; v_nacks: whether a NACK is still unresolved (no ACK
+    # since), so `WHERE current = 1` answers "who rejects config right now".
+    views = {
+        "v_services": """
+            SELECT s.name, s.protocol, s.port, s.labels,
+                   'spiffe://' || m.trust_domain || '/svc/' || s.name AS identity,
+                   COUNT(i.id) AS instances,
+                   COALESCE(SUM(CASE WHEN i.healthy THEN 1 ELSE 0 END), 0) AS healthy_instances
+            FROM services s
+            LEFT JOIN mesh m ON m.id = 1
+            LEFT JOIN instances i ON i.service = s.name
+            GROUP BY s.name, s.protocol, s.port, s.labels, m.trust_domain
+        """,
+        "v_instances": """
+            SELECT i.id, i.service, i.address, i.inbound_port, i.app_port, i.weight,
+                   i.healthy, i.source, i.proxy, i.created_at, i.disconnected_at
+            FROM instances i
+        """,
+        "v_nacks": """
+            SELECT proxy, type, nack_version, nack_detail, nack_resources, nack_sources, nack_at,
+                   CASE WHEN acked_at IS NULL OR acked_at < nack_at THEN 1 ELSE 0 END AS current
+            FROM proxy_status WHERE nack_version IS NOT NULL
+        """,
+    }
+    for name, body in views.items():
+        conn.execute(text(f"DROP VIEW IF EXISTS {name}"))
+        conn.execute(text(f"CREATE VIEW {name} AS {body}"))
+
+
 STEPS: list[tuple[str, Step]] = [
     ("0001_initial", _0001_initial),
     ("0002_views", _0002_views),
     ("0003_proxy_status_acked_issuer", _0003_proxy_status_acked_issuer),
+    ("0005_views_identity_current_nacks", _0005_views_identity_current_nacks),
 ]
 
 
