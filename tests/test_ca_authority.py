@@ -50,6 +50,8 @@ def test_root_is_a_ten_year_p256_ca_signed_by_itself(root) -> None:
     ski = _ext(cert, x509.SubjectKeyIdentifier).value.digest
     assert _ext(cert, x509.AuthorityKeyIdentifier).value.key_identifier == ski
     assert a.public_keys_match(cert, key)
+    other, _ = a.create_root(TD, NOW)  # two roots of one mesh never share a subject
+    assert other.subject != cert.subject
 
 
 def test_svid_fields_follow_the_spiffe_profile(root) -> None:

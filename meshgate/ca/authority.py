@@ -92,12 +92,15 @@ def create_root(
 ) -> tuple[x509.Certificate, PrivateKey]:
     """A self-signed root CA for the trust domain, valid `years` from `now` (minus 1 h)."""
     key = key or new_key()
-    stamp = _time(now).strftime("%Y%m%d%H%M%S")
+    # Unique per root (the key id): during a rotation two roots share the bundle,
+    # and chain building looks issuers up by subject name first.
+    stamp = _time(now).strftime("%Y-%m-%d")
+    kid = _ski(key.public_key()).digest.hex()[:12]
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshgate"),
             x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, trust_domain[:64]),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"meshgate root CA {stamp}"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"meshgate root CA {stamp} {kid}"),
         ]
     )
     not_before = _time(now - 3600)
