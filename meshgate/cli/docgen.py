@@ -58,7 +58,9 @@ def walk(command: click.Command, ctx: click.Context) -> Iterator[Entry]:
 
 def entries(root: click.Command | None = None, prog: str = "meshgate") -> list[Entry]:
     if root is None:
-        from meshgate.cli import cli as root
+        from meshgate.cli import cli
+
+        root = cli
     # The root's context settings (e.g. `-h` for help) reach every subcommand, as
     # in a real invocation.
     return list(walk(root, click.Context(root, info_name=prog, **root.context_settings)))
