@@ -1,0 +1,262 @@
+"""Shared by the telemetry tests: a two-sidecar mesh on real Envoy, with real mTLS.
+
+    web (test client) -> web-1 Envoy (outbound, cluster svc/orders)
+        --mTLS--> orders-1 Envoy (inbound: RBAC deny + allow with an audit rule)
+        -> orders app (meshgate.fleet.app)
+
+Both Envoys push stats and denied-or-failed access logs to the in-process
+telemetry server (meshgate.telemetry.runner). Static bootstraps: these tests
+do not depend on the xDS server.
+"""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import json
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from google.protobuf import json_format
+
+from meshgate.fleet.app import App
+from meshgate.fleet.envoy import EnvoyProcess, free_port
+from meshgate.telemetry.envoy_config import bootstrap_stats_sink, denied_or_failed_access_log
+
+TD = "example.org"
+CP_CLUSTER = "meshgate"
+
+# What the test sends through web -> orders, and what each path yields.
+TRAFFIC: list[tuple[str, int, int]] = [  # (path, expected status, count)
+    ("/anything/ok", 200, 20),
+    ("/status/503", 503, 5),
+    ("/status/404", 404, 3),
+    ("/anything/admin/x", 403, 4),     # deny rule "deny-admin"
+    ("/other", 403, 2),                # no allow rule: default deny
+    ("/anything/watched", 200, 3),     # passes; audit rule "audit-watch" flags it
+]
+
+
+# ---- certificates ---------------------------------------------------------------------------
+
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+class TestCa:
+    __test__ = False
+
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "telemetry test CA")])
+        now = datetime.datetime.now(datetime.UTC)
+        self.cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.pem = _pem(self.cert)
+
+    def issue(self, service: str) -> tuple[str, str]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder().subject_name(x509.Name([]))
+            .issuer_name(self.cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"spiffe://{TD}/svc/{service}")]), critical=True)
+            .add_extension(x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        return _pem(cert), _key_pem(key)
+
+
+# ---- bootstraps -----------------------------------------------------------------------------
+
+def _addr(port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
+def static_cluster(name: str, port: int, *, http2: bool = False,
+                   tls: dict[str, Any] | None = None) -> dict[str, Any]:
+    c: dict[str, Any] = {
+        "name": name, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [
+            {"lb_endpoints": [{"endpoint": {"address": _addr(port)}}]}]},
+    }
+    if http2:
+        c["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}}
+    if tls:
+        c["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            **tls}}
+    return c
+
+
+def _common_tls(cert: str, key: str, ca: str, san: dict[str, str]) -> dict[str, Any]:
+    return {
+        "tls_certificates": [{"certificate_chain": {"inline_string": cert},
+                              "private_key": {"inline_string": key}}],
+        "validation_context": {"trusted_ca": {"inline_string": ca},
+                               "match_typed_subject_alt_names": [{"san_type": "URI",
+                                                                  "matcher": san}]},
+    }
+
+
+def hcm(stat_prefix: str, cluster: str, http_filters: list[dict[str, Any]], *,
+        access_log: str | None) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": stat_prefix,
+        "route_config": {"name": stat_prefix, "virtual_hosts": [{
+            "name": "all", "domains": ["*"],
+            "routes": [{"name": f"{stat_prefix}-all", "match": {"prefix": "/"},
+                        "route": {"cluster": cluster}}]}]},
+        "http_filters": http_filters + [{
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+    }
+    if access_log:
+        cfg["access_log"] = [json.loads(json_format.MessageToJson(
+            denied_or_failed_access_log(CP_CLUSTER, access_log)))]
+    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": cfg}
+
+
+def _rbac(action: str, policies: dict[str, Any], shadow: dict[str, Any] | None = None) -> dict[str, Any]:
+    cfg: dict[str, Any] = {"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+                           "rules": {"action": action, "policies": policies}}
+    if shadow:
+        cfg["shadow_rules"] = shadow
+    return {"name": "envoy.filters.http.rbac", "typed_config": cfg}
+
+
+def _path_prefix(p: str) -> dict[str, Any]:
+    return {"url_path": {"path": {"prefix": p}}}
+
+
+def bootstrap(node_id: str, service: str, cp_port: int, listeners: list[dict[str, Any]],
+              clusters: list[dict[str, Any]], *, telemetry: bool,
+              flush_ms: int = 1000) -> dict[str, Any]:
+    b: dict[str, Any] = {
+        "node": {"id": node_id, "cluster": service},
+        "admin": {"address": _addr(free_port())},
+        "static_resources": {"listeners": listeners,
+                             "clusters": clusters + [static_cluster(CP_CLUSTER, cp_port, http2=True)]},
+    }
+    if telemetry:
+        b.update(bootstrap_stats_sink(CP_CLUSTER, flush_ms))
+    return b
+
+
+def orders_bootstrap(ca: TestCa, *, cp_port: int, inbound_port: int, app_port: int) -> dict[str, Any]:
+    cert, key = ca.issue("orders")
+    tls = {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+           "require_client_certificate": True,
+           "common_tls_context": _common_tls(cert, key, ca.pem, {"prefix": f"spiffe://{TD}/"})}
+    web = {"authenticated": {"principal_name": {"exact": f"spiffe://{TD}/svc/web"}}}
+    filters = [
+        _rbac("DENY", {"deny-admin": {"permissions": [_path_prefix("/anything/admin")],
+                                      "principals": [{"any": True}]}}),
+        _rbac("ALLOW", {"allow-web": {
+                  "permissions": [{"or_rules": {"rules": [_path_prefix("/status"),
+                                                          _path_prefix("/anything")]}}],
+                  "principals": [web]}},
+              shadow={"action": "DENY", "policies": {"audit-watch": {
+                  "permissions": [_path_prefix("/anything/watched")],
+                  "principals": [{"any": True}]}}}),
+    ]
+    listener = {"name": "inbound", "address": _addr(inbound_port), "filter_chains": [{
+        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
+        "filters": [hcm("inbound", "local_app", filters, access_log="orders-inbound")]}]}
+    return bootstrap("orders-1", "orders", cp_port, [listener],
+                     [static_cluster("local_app", app_port)], telemetry=True)
+
+
+def web_bootstrap(ca: TestCa, *, cp_port: int, outbound_port: int, orders_port: int) -> dict[str, Any]:
+    cert, key = ca.issue("web")
+    up_tls = {"sni": "orders",
+              "common_tls_context": _common_tls(cert, key, ca.pem, {"exact": f"spiffe://{TD}/svc/orders"})}
+    listener = {"name": "outbound", "address": _addr(outbound_port), "filter_chains": [{
+        "filters": [hcm("outbound", "svc/orders", [], access_log="web-outbound")]}]}
+    return bootstrap("web-1", "web", cp_port, [listener],
+                     [static_cluster("svc/orders", orders_port, tls=up_tls)], telemetry=True)
+
+
+# ---- the running mesh -----------------------------------------------------------------------
+
+class TwoSidecars:
+    """orders app + orders-1 + web-1 Envoys, pointed at a telemetry server's gRPC port."""
+
+    def __init__(self, workdir: Path, cp_port: int) -> None:
+        self.ca = TestCa()
+        self.app = App("orders")
+        self.inbound_port = free_port()
+        self.outbound_port = free_port()
+        self.orders = EnvoyProcess(orders_bootstrap(self.ca, cp_port=cp_port,
+                                                    inbound_port=self.inbound_port,
+                                                    app_port=self.app.port), workdir, "orders-1")
+        self.web = EnvoyProcess(web_bootstrap(self.ca, cp_port=cp_port,
+                                              outbound_port=self.outbound_port,
+                                              orders_port=self.inbound_port), workdir, "web-1")
+
+    def start(self) -> TwoSidecars:
+        self.app.start()
+        self.orders.start()
+        self.web.start()
+        self.orders.wait_live()
+        self.web.wait_live()
+        return self
+
+    def stop(self) -> None:
+        for p in (self.web, self.orders):
+            p.stop()
+        self.app.stop()
+
+    def send(self, path: str, n: int = 1) -> list[int]:
+        """n GETs through web's outbound listener on one keep-alive connection."""
+        codes = []
+        conn = http.client.HTTPConnection("127.0.0.1", self.outbound_port, timeout=10)
+        try:
+            for _ in range(n):
+                conn.request("GET", path, headers={"host": "orders"})
+                resp = conn.getresponse()
+                resp.read()
+                codes.append(resp.status)
+        finally:
+            conn.close()
+        return codes
+
+    def failed_handshake(self) -> None:
+        """A TLS client without a certificate: orders' inbound must refuse it."""
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", self.inbound_port), timeout=5) as raw:
+            try:
+                with ctx.wrap_socket(raw) as tls:
+                    tls.sendall(b"GET / HTTP/1.1\r\nhost: orders\r\n\r\n")
+                    data = tls.recv(100)
+            except (ssl.SSLError, ConnectionError):
+                return
+        raise AssertionError(f"the handshake without a client certificate succeeded: {data!r}")

@@ -1,0 +1,223 @@
+"""Telemetry from real Envoys: counted requests through web -> orders over mTLS.
+
+The aggregates must equal what the test sent (per status class, on the edge
+and on the service), denied calls must land in the store with their rule id
+and show in `meshgate events --denied`, and `/metrics`, `/api/*` and
+`meshgate top` report the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from telemetry_support import TRAFFIC, TwoSidecars
+
+from meshgate.cli import cli
+from meshgate.store.db import open_store
+from meshgate.telemetry import denials as denial_store
+from meshgate.telemetry.runner import TelemetryServer
+
+pytestmark = pytest.mark.envoy
+
+TOTAL = sum(n for _, _, n in TRAFFIC)
+BY_CLASS = Counter()
+for _path, _status, _n in TRAFFIC:
+    BY_CLASS[f"{_status // 100}xx"] += _n
+DENIED_BY_RULE = {"deny-admin": 4, None: 2}
+AUDITED = 3
+
+
+def _wait(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+class Mesh:
+    def __init__(self, db: Path, ts: TelemetryServer, sidecars: TwoSidecars) -> None:
+        self.db, self.ts, self.sidecars = db, ts, sidecars
+
+    def cli(self, *args: str) -> Any:
+        return CliRunner().invoke(cli, ["--db", str(self.db), *args], catch_exceptions=False)
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.ts.admin_url + path, timeout=5) as r:  # noqa: S310
+            body = r.read()
+            return json.loads(body) if path.startswith("/api/") else body.decode()
+
+    def edge(self, caller: str, callee: str) -> dict[str, Any] | None:
+        rows = self.ts.call(self.ts.hub.edges)
+        return next((e for e in rows if (e["caller"], e["callee"]) == (caller, callee)), None)
+
+    def service(self, name: str) -> dict[str, Any] | None:
+        rows = self.ts.call(self.ts.hub.services)
+        return next((s for s in rows if s["service"] == name), None)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    tmp = tmp_path_factory.mktemp("telemetry")
+    db = tmp / "meshgate.db"
+    runner = CliRunner()
+    for args in (["init", "--trust-domain", "example.org"],
+                 ["service", "add", "orders", "--protocol", "http", "--port", "8080"],
+                 ["service", "add", "web", "--protocol", "http", "--port", "8080"]):
+        r = runner.invoke(cli, ["--db", str(db), *args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+    engine = open_store(str(db))
+    ts = TelemetryServer(engine=engine, window_seconds=120).start()
+    sidecars = TwoSidecars(tmp, ts.grpc_port)
+    try:
+        sidecars.start()
+        sent: list[tuple[str, int]] = []
+        for path, _status, n in TRAFFIC:
+            sent += [(path, code) for code in sidecars.send(path, n)]
+        sidecars.failed_handshake()
+        m = Mesh(db, ts, sidecars)
+        m.sent = sent  # type: ignore[attr-defined]
+        # Every request is counted on both sides, and every denial is logged.
+        _wait("web -> orders totals", lambda: (m.edge("web", "orders") or {}).get(
+            "requests_total") == TOTAL and m.edge("web", "orders"))
+        _wait("orders inbound totals and TLS failure", lambda: (
+            (s := m.service("orders")) and s["requests_total"] == TOTAL
+            and s["tls_failures_total"] >= 1 and s))
+        _wait("denials logged", lambda: (
+            (e := m.edge("web", "orders")) and e["denied_total"] == 6
+            and e["audited_total"] == AUDITED))
+        ts.flush_denials()
+        assert denial_store.count(engine) == sum(DENIED_BY_RULE.values()) + AUDITED
+        yield m
+    finally:
+        sidecars.stop()
+        ts.stop()
+        engine.dispose()
+
+
+def test_requests_pass_as_sent(mesh: Mesh) -> None:
+    expected = [(path, status) for path, status, n in TRAFFIC for _ in range(n)]
+    assert mesh.sent == expected  # type: ignore[attr-defined]
+
+
+def test_edge_aggregates_match_the_requests_sent(mesh: Mesh) -> None:
+    e = mesh.edge("web", "orders")
+    assert e is not None
+    assert e["requests_total"] == TOTAL
+    assert e["status_total"] == dict(BY_CLASS)
+    # every request is in the window: rate and success rate over exactly these
+    assert e["requests"] == TOTAL
+    assert e["success_rate"] == pytest.approx(1 - BY_CLASS["5xx"] / TOTAL, abs=1e-4)
+    assert e["rps"] > 0
+    assert e["p50_ms"] is not None and e["p90_ms"] is not None and e["p99_ms"] is not None
+    assert 0 < e["p50_ms"] <= e["p90_ms"] <= e["p99_ms"]
+    assert e["denied_total"] == sum(DENIED_BY_RULE.values())
+    assert e["audited_total"] == AUDITED
+    assert e["tls_failures_total"] == 0
+    # only the mesh edge: no edge to the local app or the control-plane cluster
+    callees = {r["callee"] for r in mesh.ts.call(mesh.ts.hub.edges)}
+    assert callees == {"orders"}
+
+
+def test_service_aggregates_match_on_the_callee(mesh: Mesh) -> None:
+    s = mesh.service("orders")
+    assert s is not None
+    assert s["requests_total"] == TOTAL
+    assert s["status_total"] == dict(BY_CLASS)
+    assert s["rbac_denied_total"] == sum(DENIED_BY_RULE.values())
+    assert s["audit_denied_total"] == AUDITED
+    assert s["tls_failures_total"] == 1
+    assert s["p99_ms"] is not None
+    assert s["proxies"] == ["orders-1"]
+
+
+def test_latency_histogram_is_cumulative_and_counts_every_request(mesh: Mesh) -> None:
+    totals = mesh.ts.call(mesh.ts.hub.edge_latency_totals)
+    b = totals[("web", "orders")]
+    assert b.count == TOTAL
+    counts = [b.cumulative[k] for k in sorted(b.cumulative)]
+    assert counts == sorted(counts) and counts[-1] <= b.count
+
+
+def test_denials_in_store_carry_rule_ids(mesh: Mesh) -> None:
+    r = mesh.cli("events", "--denied", "--output", "json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    enforced = [x for x in rows if x["status"] == 403]
+    assert Counter(x["rule_id"] for x in enforced) == Counter(
+        {k: v for k, v in DENIED_BY_RULE.items()})
+    for x in enforced:
+        assert (x["caller"], x["callee"], x["method"], x["proxy"]) == ("web", "orders", "GET",
+                                                                        "orders-1")
+    by_rule = {x["rule_id"]: x for x in enforced}
+    assert by_rule["deny-admin"]["path"] == "/anything/admin/x"
+    assert by_rule["deny-admin"]["reason"] == "denied by rule deny-admin"
+    assert by_rule[None]["path"] == "/other"
+    assert "default deny" in by_rule[None]["reason"]
+    audits = [x for x in rows if x["status"] == 200]
+    assert len(audits) == AUDITED
+    assert {x["rule_id"] for x in audits} == {"audit-watch"}
+    assert all(x["reason"].startswith("audit:") for x in audits)
+    # the table form names the rule too, and --since / --callee filter
+    table = mesh.cli("events", "--denied", "--since", "10m", "--callee", "orders")
+    assert table.exit_code == 0 and "deny-admin" in table.output, table.output
+    none = mesh.cli("events", "--denied", "--callee", "nobody")
+    assert none.exit_code == 0 and "(none)" in none.output
+
+
+def test_failures_are_logged_but_not_as_denials(mesh: Mesh) -> None:
+    failures = mesh.ts.call(mesh.ts.hub.failures, 500)
+    inbound = Counter(f["status"] for f in failures if f["proxy"] == "orders-1")
+    assert inbound == Counter({503: 5, 404: 3})
+    # the caller's sidecar sees the callee's 403s as upstream responses, not denials
+    assert all(d["proxy"] == "orders-1" for d in mesh.ts.call(mesh.ts.hub.denials, 500))
+
+
+def test_successful_requests_are_not_sent_as_access_logs(mesh: Mesh) -> None:
+    # Filtered in Envoy: of TOTAL requests, only >= 400 or flagged or audited reach us,
+    # once per sidecar that logs them (orders-1 inbound, web-1 outbound).
+    failed_or_denied = BY_CLASS["4xx"] + BY_CLASS["5xx"]
+    assert mesh.ts.call(lambda: mesh.ts.hub.log_entries) == 2 * failed_or_denied + AUDITED
+
+
+def test_admin_api_metrics_and_top_agree(mesh: Mesh) -> None:
+    api = mesh.get("/api/edges")
+    (edge,) = [e for e in api["edges"] if e["callee"] == "orders"]
+    assert edge["requests_total"] == TOTAL and edge["denied_total"] == 6
+    services = {s["service"]: s for s in mesh.get("/api/services")["services"]}
+    assert services["orders"]["requests_total"] == TOTAL
+    assert services["web"]["kind"] == "service"  # from the store, no inbound traffic
+    proxies = {p["proxy"]: p for p in mesh.get("/api/proxies")["proxies"]}
+    assert proxies["orders-1"]["stats_connected"] is True
+    assert proxies["orders-1"]["cert_expiry"] > time.time()
+    denials = mesh.get("/api/denials?since=600&limit=5")["denials"]
+    assert len(denials) == 5 and all(d["callee"] == "orders" for d in denials)
+
+    text = mesh.get("/metrics")
+    assert ('meshgate_edge_requests_total{callee="orders",caller="web",code_class="2xx"} '
+            f'{float(BY_CLASS["2xx"])}') in text
+    assert ('meshgate_service_rbac_denied_total{service="orders"} 6.0') in text
+    assert ('meshgate_denials_total{callee="orders",caller="web",kind="rbac",'
+            'rule="deny-admin"} 4.0') in text
+    assert f'meshgate_edge_request_duration_ms_count{{callee="orders",caller="web"}} {float(TOTAL)}' in text
+    assert "meshgate_telemetry_proxies_reporting 2.0" in text
+
+    admin = f"127.0.0.1:{mesh.ts.admin_port}"
+    r = mesh.cli("top", "--once", "--output", "json", "--admin", admin)
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads(r.output)
+    assert (row["caller"], row["callee"], row["requests_total"]) == ("web", "orders", TOTAL)
+    r = mesh.cli("top", "--once", "--admin", admin)
+    assert r.exit_code == 0, r.output
+    assert "web" in r.output and "orders" in r.output and f"{TOTAL}" in r.output
