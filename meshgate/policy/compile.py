@@ -102,11 +102,8 @@ def _path_matcher(kind: str, value: str, ignore_case: bool) -> rbac.Permission:
         regex = glob_regex(value)
         if ignore_case:
             regex = "(?i)" + regex
-        m = string_pb2.StringMatcher(
-            safe_regex=regex_pb2.RegexMatcher(
-                google_re2=regex_pb2.RegexMatcher.GoogleRE2(), regex=regex
-            )
-        )
+        # no engine field: google_re2 is deprecated and RE2 is the default
+        m = string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=regex))
     return rbac.Permission(url_path=path_pb2.PathMatcher(path=m))
 
 
