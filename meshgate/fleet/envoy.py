@@ -131,7 +131,7 @@ class EnvoyProcess:
         data = json.loads(self.admin(q))
         out: dict[str, int] = {}
         for s in data.get("stats", []):
-            if "value" in s:
+            if "value" in s and isinstance(s["value"], int):  # text stats (versions) are skipped
                 out[s["name"]] = int(s["value"])
         return out
 

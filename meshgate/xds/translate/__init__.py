@@ -1,1 +1,66 @@
-"""meshgate.xds.translate"""
+"""Translation: one immutable World in, Envoy protobuf out. Pure: no I/O, no clock.
+
+    resources = translate_proxy(world, "orders-1")        # every resource, for tools and tests
+    plan = proxy_plan(index, proxy, options)              # own resources + upstream names (server)
+    cluster, endpoints = service_parts(index, "orders")   # shared by every caller of orders
+
+`translate_proxy` dispatches on the proxy's kind. Edge gateways get nothing
+yet (translate/edge.py plugs into PLANNERS). Secrets do not come from here:
+the server's SecretProvider supplies them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from meshgate.errors import NotFound
+from meshgate.model import Proxy, World
+from meshgate.xds.translate.generated import DEFAULT_OPTIONS, Generated, Options
+from meshgate.xds.translate.index import WorldIndex
+from meshgate.xds.translate.plan import EMPTY_PLAN, Plan, run
+from meshgate.xds.translate.sidecar import service_parts, sidecar_plan
+
+Planner = Callable[[WorldIndex, Proxy, Options], Plan]
+
+
+def _edge_plan(index: WorldIndex, proxy: Proxy, options: Options) -> Plan:
+    return EMPTY_PLAN  # edge gateways: translate/edge.py (a later issue)
+
+
+PLANNERS: dict[str, Planner] = {"sidecar": sidecar_plan, "edge": _edge_plan}
+
+
+def proxy_plan(index: WorldIndex, proxy: Proxy, options: Options = DEFAULT_OPTIONS) -> Plan:
+    return PLANNERS[proxy.kind](index, proxy, options)
+
+
+def translate_proxy(
+    world: World,
+    proxy_name: str,
+    *,
+    options: Options = DEFAULT_OPTIONS,
+    index: WorldIndex | None = None,
+) -> list[Generated]:
+    """Every resource (except secrets) the proxy gets, own first then per upstream."""
+    proxy = world.proxies.get(proxy_name)
+    if proxy is None:
+        raise NotFound(f'proxy "{proxy_name}" not found')
+    index = index or WorldIndex(world)
+    plan = proxy_plan(index, proxy, options)
+    out = list(plan.own)
+    for name in plan.upstreams:
+        out.extend(run(proxy, f"service {name}", service_parts, index, name))
+    return out
+
+
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "Generated",
+    "Options",
+    "PLANNERS",
+    "Plan",
+    "WorldIndex",
+    "proxy_plan",
+    "service_parts",
+    "translate_proxy",
+]

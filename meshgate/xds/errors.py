@@ -1,0 +1,21 @@
+"""Errors of the xds package.
+
+    MeshgateError
+    └── XdsError              the control plane cannot serve (bad listen address, TLS setup)
+        └── TranslateError    a generator failed for one proxy (names both)
+"""
+
+from __future__ import annotations
+
+from meshgate.errors import MeshgateError
+
+
+class XdsError(MeshgateError):
+    pass
+
+
+class TranslateError(XdsError):
+    def __init__(self, proxy: str, generator: str, cause: BaseException) -> None:
+        self.proxy = proxy
+        self.generator = generator
+        super().__init__(f'proxy "{proxy}": {generator} failed: {type(cause).__name__}: {cause}')

@@ -1,0 +1,107 @@
+"""State-of-the-world ADS, one stream: every response holds the whole subscribed set.
+
+Rules (the ones that bite are in ENVOY_NOTES.md):
+- a request whose nonce is not the last one sent for its type is stale: ignored;
+- a request with an empty nonce (first on a stream, or a reconnect carrying
+  the version Envoy has) is always answered, even when nothing changed;
+- a NACKed type version is never sent again (to this proxy, on any stream);
+- CDS and LDS with no names are wildcard; EDS, RDS and SDS are by name, and
+  a name the snapshot lacks is left out of the response (SotW omission).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from meshgate.xds import types
+from meshgate.xds.nacks import named_in
+from meshgate.xds.peer import Peer
+from meshgate.xds.resources import Resource
+from meshgate.xds.snapshot import Snapshot
+
+
+@dataclass
+class _TypeState:
+    wildcard: bool = False
+    names: frozenset[str] = frozenset()
+    version: str | None = None  # last sent
+    nonce: str | None = None
+    sent: tuple[Resource, ...] = ()
+    acked: str | None = None
+
+
+@dataclass
+class SotwStream:
+    peer: Peer
+    types: dict[str, _TypeState] = field(default_factory=dict)
+
+    def handle(self, req: discovery_pb2.DiscoveryRequest, snap: Snapshot) -> list[discovery_pb2.DiscoveryResponse]:
+        t = req.type_url
+        self.peer.check_type(t)
+        st = self.types.get(t)
+        first = st is None
+        if st is None:
+            st = self.types[t] = _TypeState()
+        self.peer.seen(t)
+        if req.response_nonce:
+            if req.response_nonce != st.nonce:
+                self.peer.stale(t, req.response_nonce)
+                return []
+            if req.HasField("error_detail"):
+                self._nack(t, st, req)
+            else:
+                st.acked = req.version_info
+                self.peer.acked(t, req.version_info, st.sent)
+        elif req.version_info:
+            st.acked = req.version_info  # a reconnect: Envoy already has this version
+        names = set(req.resource_names)
+        if types.WILDCARD in names:
+            names.discard(types.WILDCARD)
+            wildcard = True
+        else:
+            wildcard = not names and t in types.WILDCARD_BY_DEFAULT and (first or st.wildcard)
+        changed = wildcard != st.wildcard or frozenset(names) != st.names
+        if t == types.SECRET and changed:
+            self.peer.refused_secrets(n for n in names if n not in snap.of(t))
+        st.wildcard, st.names = wildcard, frozenset(names)
+        resp = self._respond(t, st, snap, force=not req.response_nonce or changed)
+        return [resp] if resp is not None else []
+
+    def push(self, snap: Snapshot) -> list[discovery_pb2.DiscoveryResponse]:
+        """What a new snapshot means for this stream, in push order."""
+        out = []
+        for t in types.PUSH_ORDER:
+            st = self.types.get(t)
+            if st is not None:
+                resp = self._respond(t, st, snap, force=False)
+                if resp is not None:
+                    out.append(resp)
+        return out
+
+    def _respond(self, t: str, st: _TypeState, snap: Snapshot, *, force: bool) -> discovery_pb2.DiscoveryResponse | None:
+        items = snap.of(t)
+        names = sorted(items) if st.wildcard else sorted(n for n in st.names if n in items)
+        version = snap.type_version(t, None if st.wildcard else names)
+        if (t, version) in self.peer.nacks:
+            if version != st.version or force:
+                self.peer.skipped_nacked(t, version)
+            return None
+        if version == st.version and not force:
+            return None
+        nonce = self.peer.next_nonce()
+        sent = tuple(items[n] for n in names)
+        resp = discovery_pb2.DiscoveryResponse(
+            version_info=version, type_url=t, nonce=nonce, resources=[r.any for r in sent]
+        )
+        st.version, st.nonce, st.sent = version, nonce, sent
+        self.peer.sent(t, version, nonce, len(sent))
+        return resp
+
+    def _nack(self, t: str, st: _TypeState, req: discovery_pb2.DiscoveryRequest) -> None:
+        assert st.version is not None
+        self.peer.nacks.add(t, st.version)
+        names = [r.name for r in st.sent]
+        bad = named_in(req.error_detail.message, names) or names
+        self.peer.nacked(t, st.version, req.error_detail.message, bad, st.sent)

@@ -1,0 +1,71 @@
+"""Route configurations: the sidecar's outbound routing by Host, and the inbound route."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+
+from meshgate.model import Service
+from meshgate.xds import types
+from meshgate.xds.translate.common import seconds
+from meshgate.xds.translate.generated import Generated
+from meshgate.xds.translate.names import OUTBOUND_ROUTE, service_cluster_name
+
+NO_ROUTE_BODY = (
+    "meshgate: no route: the Host header names no service this sidecar may call "
+    "(unknown service, or not allowed by policy)\n"
+)
+
+
+def _route_to(cluster: str, grpc: bool) -> rc.Route:
+    action = rc.RouteAction(cluster=cluster)
+    if grpc:
+        action.timeout.CopyFrom(seconds(0))  # streams may live long: no route timeout
+    return rc.Route(match=rc.RouteMatch(prefix="/"), route=action)
+
+
+def service_virtual_host(service: Service) -> rc.VirtualHost:
+    """Requests for `name` or `name:port` go to `svc/<name>`."""
+    return rc.VirtualHost(
+        name=service.name,
+        domains=[service.name, f"{service.name}:{service.port}"],
+        routes=[_route_to(service_cluster_name(service.name), service.protocol == "grpc")],
+    )
+
+
+def no_route_virtual_host() -> rc.VirtualHost:
+    return rc.VirtualHost(
+        name="no-route",
+        domains=["*"],
+        routes=[
+            rc.Route(
+                match=rc.RouteMatch(prefix="/"),
+                direct_response=rc.DirectResponseAction(
+                    status=404, body=base_pb2.DataSource(inline_string=NO_ROUTE_BODY)
+                ),
+            )
+        ],
+    )
+
+
+def outbound_route_config(upstreams: Iterable[Service]) -> Generated:
+    """`outbound`: one virtual host per HTTP/gRPC service the sidecar may call."""
+    http = sorted((s for s in upstreams if s.protocol != "tcp"), key=lambda s: s.name)
+    config = route_pb2.RouteConfiguration(
+        name=OUTBOUND_ROUTE,
+        virtual_hosts=[service_virtual_host(s) for s in http] + [no_route_virtual_host()],
+    )
+    return Generated(
+        types.ROUTE, OUTBOUND_ROUTE, config, sources=tuple(f"service:{s.name}" for s in http)
+    )
+
+
+def local_app_route_config(cluster: str, grpc: bool) -> route_pb2.RouteConfiguration:
+    """The inbound listener's inline routes: everything to the local app."""
+    return route_pb2.RouteConfiguration(
+        name="inbound",
+        virtual_hosts=[rc.VirtualHost(name="local-app", domains=["*"], routes=[_route_to(cluster, grpc)])],
+    )
