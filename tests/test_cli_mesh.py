@@ -82,3 +82,20 @@ def test_bad_durations(text: str) -> None:
 @pytest.mark.parametrize("seconds", [0, 1, 59, 60, 3600, 5400, 86400, 93784])
 def test_format_duration_round_trips(seconds: int) -> None:
     assert parse_duration(format_duration(seconds)) == seconds
+
+
+def test_shell_completion_offers_the_choices() -> None:
+    """Lenient choice options still complete their values in the shell."""
+    from click.shell_completion import ShellComplete
+
+    from meshgate.cli import cli
+
+    complete = ShellComplete(cli, {}, "meshgate", "_MESHGATE_COMPLETE")
+
+    def values(args: list[str], incomplete: str) -> list[str]:
+        return [c.value for c in complete.get_completions(args, incomplete)]
+
+    assert values(["mesh", "set", "--mtls-mode"], "") == ["strict", "permissive"]
+    assert values(["service", "add", "orders", "--protocol"], "g") == ["grpc"]
+    assert "service" in values([], "ser")
+    assert set(values(["service"], "")) >= {"add", "list", "show", "update", "remove"}
