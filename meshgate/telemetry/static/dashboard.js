@@ -28,7 +28,8 @@ function fmtIn(t, now) {
   const span = abs >= 86400 ? Math.round(abs / 86400) + "d" : abs >= 3600 ? Math.round(abs / 3600) + "h"
              : abs >= 60 ? Math.round(abs / 60) + "m" : Math.round(abs) + "s";
   if (s <= 0) return {text: "expired " + span + " ago", cls: "bad-text"};
-  return {text: "in " + span, cls: s < 600 ? "bad-text" : s < 3600 ? "warn-text" : "ok-text"};
+  // Certificates renew at half-life: one this close to expiry was not renewed.
+  return {text: "in " + span, cls: s < 300 ? "bad-text" : s < 900 ? "warn-text" : "ok-text"};
 }
 function health(e) {
   if (!e.requests) return "idle";
@@ -122,21 +123,21 @@ function drawGraph(svg, services, edges, now) {
     const denied = recentlyDenied(e, now);
     if (e.requests_total > 0 || e.requests > 0) {
       const h = health(e);
-      const c = curve(a, b, denied ? 18 : 0);
+      const c = curve(a, b, denied ? -30 : 0);
       const g = el("svg:g", {class: "edge " + h, "data-edge": key, "data-health": h});
       g.append(el("svg:path", {d: c.d, "marker-end": `url(#arrow-${h})`}));
       const label = e.requests ? `${fmtRps(e.rps)} rps · ${fmtPct(e.success_rate)} · p99 ${fmtMs(e.p99_ms)}`
                                : "idle";
-      g.append(el("svg:text", {x: c.lx, y: c.ly - 6, "text-anchor": "middle"}, label));
+      g.append(el("svg:text", {x: c.lx, y: c.ly - 8, "text-anchor": "middle"}, label));
       g.append(el("svg:title", {}, `${key}\n${label}`));
       edgeLayer.append(g);
     }
     if (denied) {
-      const c = curve(a, b, e.requests_total > 0 ? -18 : 0);
+      const c = curve(a, b, e.requests_total > 0 ? 30 : 0);
       const n = e.denied || e.denied_total;
       const g = el("svg:g", {class: "edge-denied", "data-edge": key, "data-denied": n});
       g.append(el("svg:path", {d: c.d, "marker-end": "url(#arrow-denied)"}));
-      g.append(el("svg:text", {x: c.lx, y: c.ly + 14, "text-anchor": "middle"},
+      g.append(el("svg:text", {x: c.lx, y: c.ly + 16, "text-anchor": "middle"},
                   `${n} denied`));
       g.append(el("svg:title", {}, `${key}: ${n} denied`));
       edgeLayer.append(g);
@@ -223,7 +224,9 @@ function render(data) {
   fillTable("denials", denials.slice(0, 50), d => [
     fmtTime(d.at), d.caller, d.callee, `${d.method || ""} ${d.path || ""}`.trim() || "–",
     {text: d.status === null ? "–" : String(d.status), cls: "n"},
-    {text: d.rule_id || "(default deny)", cls: d.rule_id ? "" : "warn-text"}, d.reason,
+    d.reason && d.reason.startsWith("audit:") ? pill("audit " + (d.rule_id || ""), "pending", "not enforced")
+      : {text: d.rule_id || "(default deny)", cls: d.rule_id ? "" : "warn-text"},
+    d.reason,
   ], "No denied attempts.");
 }
 
