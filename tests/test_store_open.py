@@ -10,8 +10,8 @@ from meshgate.store.db import create, open_store, resolve_url
 from meshgate.store.errors import StoreError
 
 
-def test_migrations_create_every_table_and_view(tmp_path: Path) -> None:
-    engine = create(resolve_url(str(tmp_path / "m.db")))
+def test_migrations_create_every_table_and_view(store_url: str) -> None:
+    engine = create(store_url)
     ran = migrations.upgrade(engine)
     assert ran == [name for name, _ in migrations.STEPS]
     insp = inspect(engine)
@@ -22,6 +22,7 @@ def test_migrations_create_every_table_and_view(tmp_path: Path) -> None:
     assert migrations.upgrade(engine) == []
     with engine.connect() as conn:
         names = set(conn.execute(select(schema.schema_migrations.c.name)).scalars())
+    engine.dispose()
     assert names == {n for n, _ in migrations.STEPS}
 
 

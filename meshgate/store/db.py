@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect
@@ -16,16 +18,36 @@ DEFAULT_DB = "meshgate.db"
 BUSY_TIMEOUT_MS = 5000
 
 
+# meshgate ships one PostgreSQL driver (psycopg 3, the `postgres` extra); a URL
+# without a driver would make SQLAlchemy look for psycopg2.
+_PG_SCHEMES = ("postgresql://", "postgres://")
+PG_DRIVER_URL = "postgresql+psycopg://"
+
+
 def resolve_url(db: str | None = None) -> str:
-    """`--db`, else `MESHGATE_DB`, else ./meshgate.db. A bare path means SQLite."""
+    """`--db`, else `MESHGATE_DB`, else ./meshgate.db. A bare path means SQLite.
+
+    `postgresql://...` and `postgres://...` mean `postgresql+psycopg://...`.
+    """
     value = db or os.environ.get("MESHGATE_DB") or DEFAULT_DB
     if "://" in value:
+        for scheme in _PG_SCHEMES:
+            if value.startswith(scheme):
+                value = PG_DRIVER_URL + value[len(scheme) :]
         try:
             make_url(value)
         except (ArgumentError, ValueError) as exc:
-            raise StoreError(f"--db: not a database URL: {value!r}") from exc
+            raise StoreError(f"--db: not a database URL: {safe_url(value)!r}") from exc
         return value
     return f"sqlite:///{Path(value).expanduser().absolute()}"
+
+
+def safe_url(url: str) -> str:
+    """`url` with any password masked, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return url.split("@")[-1] if "@" in url else url
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -40,13 +62,37 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
     cur = dbapi_conn.cursor()
     cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    cur.execute("PRAGMA journal_mode = WAL")
+    _use_wal(cur)
     cur.execute("PRAGMA foreign_keys = ON")
     cur.execute("PRAGMA synchronous = NORMAL")
     cur.close()
+
+
+def _use_wal(cur) -> None:  # type: ignore[no-untyped-def]
+    """Switch the file to WAL (persistent: only its first opener changes it).
+
+    Switching needs an exclusive lock and SQLite reports "database is locked"
+    at once, without the busy handler, while another process opens the same
+    new file (two replicas or CLI calls starting together): retry for up to
+    the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def create(url: str) -> Engine:
@@ -68,6 +114,18 @@ def create(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
+    if make_url(url).get_backend_name() == "postgresql":
+        # A small pool per process (CLI: one connection; a replica: its watcher,
+        # status writer and readers). pre_ping replaces connections a PostgreSQL
+        # failover or restart closed; connect_timeout makes an unreachable server
+        # a clear error instead of a hang.
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=5,
+            connect_args={"connect_timeout": 10, "application_name": "meshgate"},
+        )
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
@@ -94,7 +152,7 @@ def open_store(db: str | None = None, *, must_exist: bool = True) -> Engine:
     try:
         migrations.upgrade(engine)
     except OperationalError as exc:
-        raise StoreError(f"cannot open database {url}: {exc.orig}") from exc
+        raise StoreError(f"cannot open database {safe_url(url)}: {exc.orig}") from exc
     if must_exist and not _has_mesh(engine):
         raise StoreError(
             "the database has no mesh yet: run `meshgate init --trust-domain <domain>`"

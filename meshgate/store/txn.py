@@ -20,10 +20,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select, text
 from sqlalchemy.exc import OperationalError
 
 from meshgate.store import schema
+from meshgate.store.db import BUSY_TIMEOUT_MS
 from meshgate.store.errors import LockedError, StoreError
 
 
@@ -62,11 +63,29 @@ class Write:
         )
 
 
+# PostgreSQL: every write transaction first takes this advisory lock (held to
+# commit), so writes are serialized exactly as SQLite's BEGIN IMMEDIATE does:
+# - the repositories' read-check-write steps (exists? then insert; next seq)
+#   stay correct under READ COMMITTED;
+# - revision ids are drawn inside the lock, so they become visible in
+#   increasing order: a replica polling max(revisions.id) never skips a
+#   revision that committed after a higher one.
+# The wait is bounded like SQLite's busy timeout, then LockedError.
+WRITE_LOCK = 0x6D67_7772  # "mgwr"
+
+
+def _serialize_writers(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"SET LOCAL lock_timeout = '{BUSY_TIMEOUT_MS}ms'"))
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITE_LOCK})
+
+
 @contextmanager
 def write(engine: Engine, summary: str, actor: str | None = None) -> Iterator[Write]:
     """One transaction; on success records a revision when anything changed."""
     try:
         with engine.begin() as conn:
+            _serialize_writers(conn)
             w = Write(conn=conn, summary=summary, actor=actor or default_actor())
             yield w
             if w.changes:
@@ -81,10 +100,9 @@ def write(engine: Engine, summary: str, actor: str | None = None) -> Iterator[Wr
                 w.revision = int(result.inserted_primary_key[0])  # type: ignore[index]
     except OperationalError as exc:
         msg = str(exc.orig)
-        if "locked" in msg or "busy" in msg:
+        if "locked" in msg or "busy" in msg or "lock timeout" in msg:
             raise LockedError(
-                "the database is locked by another writer (waited "
-                f"{engine.url.get_backend_name() == 'sqlite' and '5 s' or 'the timeout'}); "
+                f"the database is locked by another writer (waited {BUSY_TIMEOUT_MS / 1000:g} s); "
                 "nothing was changed, try again"
             ) from exc
         if "disk" in msg or "full" in msg:
