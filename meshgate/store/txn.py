@@ -93,7 +93,7 @@ def write(engine: Engine, summary: str, actor: str | None = None) -> Iterator[Wr
                     insert(schema.revisions).values(
                         actor=w.actor,
                         at=time.time(),
-                        summary=summary,
+                        summary=w.summary,  # the block may refine it (apply: counts)
                         changes=json.dumps(w.changes, sort_keys=True, default=str),
                     )
                 )
