@@ -30,23 +30,46 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def run(db_path: Path) -> Invoke:
+def db(db_path: Path) -> str:
+    """What `run` passes as --db: the SQLite file. A test module runs on SQLite and
+    PostgreSQL by overriding it:
+
+        @pytest.fixture
+        def db(store_url: str) -> str:
+            return store_url
+    """
+    return str(db_path)
+
+
+@pytest.fixture
+def run(db: str) -> Invoke:
     """Run `meshgate --db <tmp db> ARGS...`; returns click's Result."""
     runner = CliRunner()
 
     def invoke(*args: str, input: str | None = None) -> Result:
-        return runner.invoke(cli, ["--db", str(db_path), *args], input=input, catch_exceptions=False)
+        return runner.invoke(cli, ["--db", db, *args], input=input, catch_exceptions=False)
 
     return invoke
 
 
-def dump_database(path: Path) -> str:
+def dump_database(path: Path | str) -> str:
     """Every table, view, index and row of the SQLite file (sqlite3 iterdump), or "" if absent.
 
+    `path` may also be a database URL (PostgreSQL: tables, views and rows; see tests.pgdb.dump).
     Compare a dump before and after a command to prove it changed nothing.
     """
     import sqlite3
 
+    from meshgate.store.db import resolve_url, sqlite_path
+
+    if "://" in str(path):
+        found = sqlite_path(resolve_url(str(path)))
+        if found is None:
+            from tests.pgdb import dump
+
+            return dump(str(path))
+        path = found
+    path = Path(path)
     if not path.exists():
         return ""
     conn = sqlite3.connect(path)
@@ -57,9 +80,9 @@ def dump_database(path: Path) -> str:
 
 
 @pytest.fixture
-def db_dump(db_path: Path) -> Callable[[], str]:
+def db_dump(db: str) -> Callable[[], str]:
     """`db_dump()` returns the full dump of the test database (see dump_database)."""
-    return lambda: dump_database(db_path)
+    return lambda: dump_database(db)
 
 
 @pytest.fixture

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from pathlib import Path
 
 import pytest
 from conftest import Invoke, dump_database
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 from meshgate.errors import AlreadyExists, Conflict, NotFound, ValidationError
 from meshgate.store import schema
@@ -25,6 +23,12 @@ from meshgate.store.txn import write
 
 
 @pytest.fixture
+def db(store_url: str) -> str:
+    """Every test here runs on SQLite and on PostgreSQL (skipped without MESHGATE_TEST_PG)."""
+    return store_url
+
+
+@pytest.fixture
 def orders(initialized: Invoke) -> Invoke:
     for name in ("orders", "web"):
         r = initialized("service", "add", name, "--port", "8080")
@@ -32,7 +36,7 @@ def orders(initialized: Invoke) -> Invoke:
     return initialized
 
 
-def test_add_list_remove(orders: Invoke, db_path: Path) -> None:
+def test_add_list_remove(orders: Invoke, db: str) -> None:
     r = orders("instance", "add", "orders", "--address", "127.0.0.1", "--inbound-port", "15006",
                "--app-port", "8080", "--weight", "3")
     assert r.exit_code == 0, r.output
@@ -63,12 +67,13 @@ def test_add_list_remove(orders: Invoke, db_path: Path) -> None:
     assert 'instance 1 (127.0.0.1:15006 of service "orders") removed (revision 7)' in r.output
     assert [i["id"] for i in json.loads(orders("instance", "list", "-o", "json").output)] == [3, 2]
 
-    conn = sqlite3.connect(db_path)
+    engine = open_store(db)
     try:
-        rows = conn.execute("SELECT actor, summary, changes FROM revisions WHERE id IN (4, 7) "
-                            "ORDER BY id").fetchall()
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT actor, summary, changes FROM revisions "
+                                     "WHERE id IN (4, 7) ORDER BY id")).all()
     finally:
-        conn.close()
+        engine.dispose()
     (a4, s4, c4), (a7, s7, c7) = rows
     assert (a4, s4) == ("test@meshgate", "instance add orders 127.0.0.1:15006")
     (added,) = json.loads(c4)
@@ -82,14 +87,14 @@ def test_add_list_remove(orders: Invoke, db_path: Path) -> None:
     assert removed["before"] == added["after"]
 
 
-def test_same_address_and_port_twice_is_refused(orders: Invoke, db_path: Path) -> None:
+def test_same_address_and_port_twice_is_refused(orders: Invoke, db: str) -> None:
     args = ("--address", "127.0.0.1", "--inbound-port", "15006", "--app-port", "8080")
     assert orders("instance", "add", "orders", *args).exit_code == 0
-    before = dump_database(db_path)
+    before = dump_database(db)
     r = orders("instance", "add", "web", *args)
     assert r.exit_code == 1
     assert r.output.strip() == 'error: instance 127.0.0.1:15006 already exists (id 1, service "orders")'
-    assert dump_database(db_path) == before
+    assert dump_database(db) == before
 
 
 def test_list_of_unknown_service(orders: Invoke) -> None:
@@ -112,8 +117,8 @@ def _add_proxy(engine, name: str, kind: str, service: str | None) -> None:  # ty
             name=name, kind=kind, service=service, token_hash="h", created_at=time.time()))
 
 
-def test_store_api_for_self_registration(orders: Invoke, db_path: Path) -> None:
-    engine = open_store(str(db_path))
+def test_store_api_for_self_registration(orders: Invoke, db: str) -> None:
+    engine = open_store(db)
     try:
         _add_proxy(engine, "orders-7", "sidecar", "orders")
         _add_proxy(engine, "gw", "edge", None)

@@ -3,28 +3,36 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from conftest import Invoke, dump_database
+from sqlalchemy import text
+
+from meshgate.store.db import create, resolve_url
 
 
-def _revision(db_path: Path, rev: int) -> tuple[str, str, list[dict[str, Any]]]:
-    conn = sqlite3.connect(db_path)
+@pytest.fixture
+def db(store_url: str) -> str:
+    """Every test here runs on SQLite and on PostgreSQL (skipped without MESHGATE_TEST_PG)."""
+    return store_url
+
+
+def _revision(db: str, rev: int) -> tuple[str, str, list[dict[str, Any]]]:
+    engine = create(resolve_url(db))
     try:
-        actor, summary, changes = conn.execute(
-            "SELECT actor, summary, changes FROM revisions WHERE id = ?", (rev,)
-        ).fetchone()
+        with engine.connect() as conn:
+            actor, summary, changes = conn.execute(
+                text("SELECT actor, summary, changes FROM revisions WHERE id = :id"), {"id": rev}
+            ).one()
     finally:
-        conn.close()
+        engine.dispose()
     return actor, summary, json.loads(changes)
 
 
-def test_add_then_list_json(initialized: Invoke, db_path: Path) -> None:
+def test_add_then_list_json(initialized: Invoke, db: str) -> None:
     result = initialized(
         "service", "add", "orders", "--protocol", "http", "--port", "8080",
         "--label", "team=shop", "--label", "tier=1",
@@ -46,7 +54,7 @@ def test_add_then_list_json(initialized: Invoke, db_path: Path) -> None:
             "instances": 0, "identity": "spiffe://example.org/svc/payments",
         },
     ]
-    actor, summary, changes = _revision(db_path, 2)
+    actor, summary, changes = _revision(db, 2)
     assert (actor, summary) == ("test@meshgate", "service add orders")
     (change,) = changes
     after = change.pop("after")
@@ -85,7 +93,7 @@ def test_show_includes_instances_and_identity(initialized: Invoke) -> None:
     assert json.loads(initialized("service", "list", "-o", "json").output)[0]["instances"] == 1
 
 
-def test_update_port_and_labels(initialized: Invoke, db_path: Path) -> None:
+def test_update_port_and_labels(initialized: Invoke, db: str) -> None:
     initialized("service", "add", "orders", "--port", "8080", "--label", "team=shop")
     result = initialized("service", "update", "orders", "--port", "8081",
                          "--label", "tier=2", "--unset-label", "team")
@@ -93,23 +101,23 @@ def test_update_port_and_labels(initialized: Invoke, db_path: Path) -> None:
     assert "port 8080 -> 8081" in result.output
     shown = json.loads(initialized("service", "show", "orders", "-o", "json").output)
     assert (shown["port"], shown["labels"], shown["protocol"]) == (8081, {"tier": "2"}, "http")
-    _actor, summary, changes = _revision(db_path, 3)
+    _actor, summary, changes = _revision(db, 3)
     assert summary == "service update orders"
     assert changes[0]["op"] == "update"
     assert changes[0]["before"]["port"] == 8080 and changes[0]["after"]["port"] == 8081
     assert changes[0]["before"]["labels"] == '{"team": "shop"}'
 
 
-def test_update_to_same_values_records_nothing(initialized: Invoke, db_path: Path) -> None:
+def test_update_to_same_values_records_nothing(initialized: Invoke, db: str) -> None:
     initialized("service", "add", "orders", "--port", "8080")
-    before = dump_database(db_path)
+    before = dump_database(db)
     result = initialized("service", "update", "orders", "--port", "8080")
     assert result.exit_code == 0
     assert 'service "orders" unchanged' in result.output
-    assert dump_database(db_path) == before
+    assert dump_database(db) == before
 
 
-def test_remove_takes_its_instances_and_records_them(initialized: Invoke, db_path: Path) -> None:
+def test_remove_takes_its_instances_and_records_them(initialized: Invoke, db: str) -> None:
     initialized("service", "add", "orders", "--port", "8080")
     for port in ("15006", "15007"):
         r = initialized("instance", "add", "orders", "--address", "127.0.0.1",
@@ -120,7 +128,7 @@ def test_remove_takes_its_instances_and_records_them(initialized: Invoke, db_pat
     assert "with 2 instances" in result.output
     assert json.loads(initialized("service", "list", "-o", "json").output) == []
     assert json.loads(initialized("instance", "list", "-o", "json").output) == []
-    _actor, summary, changes = _revision(db_path, 5)
+    _actor, summary, changes = _revision(db, 5)
     assert summary == "service remove orders"
     assert [(c["kind"], c["key"], c["op"]) for c in changes] == [
         ("instances", "1", "remove"),
@@ -130,15 +138,14 @@ def test_remove_takes_its_instances_and_records_them(initialized: Invoke, db_pat
     assert changes[0]["before"]["app_port"] == 8080 and changes[0]["after"] is None
 
 
-def _add_dependents(db_path: Path) -> None:
+def _add_dependents(db: str) -> None:
     """Rows other nouns will own (proxies, policies, routes), written straight to the tables."""
     from sqlalchemy import insert
 
     from meshgate.store import schema
-    from meshgate.store.db import create, resolve_url
 
     now = time.time()
-    engine = create(resolve_url(str(db_path)))
+    engine = create(resolve_url(db))
     try:
         with engine.begin() as conn:
             conn.execute(insert(schema.proxies), [
@@ -159,17 +166,17 @@ def _add_dependents(db_path: Path) -> None:
         engine.dispose()
 
 
-def test_remove_refuses_while_others_refer_to_it(initialized: Invoke, db_path: Path) -> None:
+def test_remove_refuses_while_others_refer_to_it(initialized: Invoke, db: str) -> None:
     initialized("service", "add", "orders", "--port", "8080")
-    _add_dependents(db_path)
-    before = dump_database(db_path)
+    _add_dependents(db)
+    before = dump_database(db)
     result = initialized("service", "remove", "orders")
     assert result.exit_code == 1, result.output
     assert result.output.strip() == (
         'error: service "orders" is still used by proxy "orders-1", policy "web-to-orders", '
         'policy "orders-to-pay", edge route "shop": remove or change them first'
     )
-    assert dump_database(db_path) == before
+    assert dump_database(db) == before
     shown = json.loads(initialized("service", "show", "orders", "-o", "json").output)
     assert shown["used_by"] == [
         'proxy "orders-1"', 'policy "web-to-orders"', 'policy "orders-to-pay"', 'edge route "shop"'
@@ -192,8 +199,8 @@ def test_edge_values_accepted(initialized: Invoke) -> None:
     assert shown["labels"] == {"example.com/team": "a.b_c-d", "empty": ""}
 
 
-def test_actor_option_is_recorded(run: Invoke, db_path: Path) -> None:
+def test_actor_option_is_recorded(run: Invoke, db: str) -> None:
     run("init", "--trust-domain", "example.org")
     r = run("--actor", "bob@laptop", "service", "add", "orders")
     assert r.exit_code == 0, r.output
-    assert _revision(db_path, 2)[0] == "bob@laptop"
+    assert _revision(db, 2)[0] == "bob@laptop"
