@@ -125,6 +125,8 @@ class EdgeRoute:
     service: str
     auth: str  # "jwt:<provider>", "mtls" or "none"
     rate: RateLimit | None = None
+    # all must hold: JWT claims (jwt: routes) or ("san", value) (mtls routes)
+    claims: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

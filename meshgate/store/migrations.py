@@ -97,6 +97,21 @@ def _0003_proxy_status_acked_issuer(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE proxy_status ADD COLUMN acked_issuer VARCHAR(64)"))
 
 
+def _0004_edge_routes_claims(conn: Connection) -> None:
+    # Edge routes may require JWT claims (or a client certificate SAN): JSON [[k, v]].
+    # 0001 creates tables from the current schema, so a new database has the column.
+    columns = {c["name"] for c in inspect(conn).get_columns("edge_routes")}
+    if "claims" not in columns:
+        conn.execute(text("ALTER TABLE edge_routes ADD COLUMN claims TEXT NOT NULL DEFAULT '[]'"))
+    conn.execute(text("DROP VIEW IF EXISTS v_edge_routes"))
+    conn.execute(
+        text(
+            "CREATE VIEW v_edge_routes AS SELECT id, gateway, host, prefix, service, auth, "
+            "rate_requests, rate_per_seconds, claims FROM edge_routes"
+        )
+    )
+
+
 def _0005_views_identity_current_nacks(conn: Connection) -> None:
     # v_services: each service's SPIFFE identity; v_instances: when a self-registered
     # instance's sidecar went away; v_nacks: whether a NACK is still unresolved (no ACK
@@ -132,6 +147,7 @@ STEPS: list[tuple[str, Step]] = [
     ("0001_initial", _0001_initial),
     ("0002_views", _0002_views),
     ("0003_proxy_status_acked_issuer", _0003_proxy_status_acked_issuer),
+    ("0004_edge_routes_claims", _0004_edge_routes_claims),
     ("0005_views_identity_current_nacks", _0005_views_identity_current_nacks),
 ]
 

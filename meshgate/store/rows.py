@@ -31,7 +31,10 @@ from meshgate.store.txn import Write
 
 KEY_SEPARATOR = "/"
 REDACTED_MARK = "(redacted)"
-REDACTED: dict[str, frozenset[str]] = {"ca_certs": frozenset({"key_encrypted"})}
+REDACTED: dict[str, frozenset[str]] = {
+    "ca_certs": frozenset({"key_encrypted"}),
+    "edge_certs": frozenset({"key_encrypted"}),  # edge host keys, sealed like the CA key
+}
 
 
 def _pk_columns(table: Table) -> list[Any]:

@@ -131,6 +131,8 @@ edge_routes = Table(
     Column("rate_requests", Integer),
     Column("rate_per_seconds", Integer),
     Column("created_at", Float, nullable=False),
+    # JSON [[k, v]]: JWT claims (or ["san", v] on mtls routes) that must all hold (migration 0004+)
+    Column("claims", Text, nullable=False, default="[]"),
     UniqueConstraint("gateway", "host", "prefix", name="uq_edge_routes_gateway_host_prefix"),
 )
 

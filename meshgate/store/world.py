@@ -105,6 +105,7 @@ def route_from_row(row: Any) -> EdgeRoute:
         service=row.service,
         auth=row.auth,
         rate=rate,
+        claims=_pairs(row.claims),
     )
 
 

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from meshgate.model import Proxy, World
+from meshgate.xds.translate.edge import edge_secrets
 from meshgate.xds.translate.tls import (
     SECRET_IDENTITY,
     SECRET_TRUST,
@@ -63,19 +64,27 @@ class NoSecrets:
 class IssuerSecretProvider:
     """The mesh CA (`meshgate.ca.identity.IdentityIssuer`) as a SecretProvider."""
 
-    def __init__(self, issuer: Any) -> None:
+    def __init__(self, issuer: Any, keybox: Any = None) -> None:
         self.issuer = issuer
         self._roots: tuple[str, ...] | None = None
+        # opens edge host keys (sealed in the store like the CA key); the issuer holds
+        # the same store key, so it is the default
+        self.keybox = keybox if keybox is not None else getattr(issuer, "_keybox", None)
 
     def secrets_for(self, proxy: Proxy, world: World, now: float) -> dict[str, secret_pb2.Secret]:
         if world.trust_roots_pem != self._roots:
             self.issuer.reload()  # the CA rows moved (rotation): pick up the new signer
             self._roots = world.trust_roots_pem
         ident = self.issuer.identity_for(proxy.name, spiffe_id(proxy, world), world.mesh.cert_ttl_seconds, now)
-        return {
+        out = {
             SECRET_IDENTITY: identity_secret(ident.cert_chain_pem, ident.key_pem),
             SECRET_TRUST: trust_bundle_secret("".join(world.trust_roots_pem) or self.issuer.trust_bundle_pem()),
         }
+        if proxy.kind == "edge" and self.keybox is not None:
+            # the gateway's own host certificates and client CA, never another gateway's
+            opened = lambda sealed: self.keybox.decrypt(sealed).decode()  # noqa: E731
+            out.update({s.name: s for s in edge_secrets(world, proxy.name, opened)})
+        return out
 
     def next_refresh(self, now: float) -> float:
         return float(self.issuer.next_refresh(now))
@@ -89,10 +98,13 @@ class RedactedSecrets:
     placeholder naming the SPIFFE id (the server issues the real one on connect)."""
 
     def secrets_for(self, proxy: Proxy, world: World, now: float) -> dict[str, secret_pb2.Secret]:
-        return {
+        out = {
             SECRET_IDENTITY: identity_secret(f"<certificate for {spiffe_id(proxy, world)}>", REDACTED),
             SECRET_TRUST: trust_bundle_secret("".join(world.trust_roots_pem)),
         }
+        if proxy.kind == "edge":
+            out.update({s.name: s for s in edge_secrets(world, proxy.name, lambda _sealed: REDACTED)})
+        return out
 
     def next_refresh(self, now: float) -> float:
         return math.inf

@@ -4,9 +4,10 @@
     plan = proxy_plan(index, proxy, options)              # own resources + upstream names (server)
     cluster, endpoints = service_parts(index, "orders")   # shared by every caller of orders
 
-`translate_proxy` dispatches on the proxy's kind. Edge gateways get nothing
-yet (translate/edge.py plugs into PLANNERS). Secrets do not come from here:
-the server's SecretProvider supplies them.
+`translate_proxy` dispatches on the proxy's kind: sidecars (translate/sidecar.py)
+and edge gateways (translate/edge.py). Secrets do not come from here: the
+server's SecretProvider supplies them (edge host certificates and the client CA
+via translate/edge.py's edge_secrets).
 """
 
 from __future__ import annotations
@@ -15,19 +16,16 @@ from collections.abc import Callable
 
 from meshgate.errors import NotFound
 from meshgate.model import Proxy, World
+from meshgate.xds.translate.edge import edge_plan
 from meshgate.xds.translate.generated import DEFAULT_OPTIONS, Generated, Options
 from meshgate.xds.translate.index import WorldIndex
-from meshgate.xds.translate.plan import EMPTY_PLAN, Plan, run
+from meshgate.xds.translate.plan import Plan, run
 from meshgate.xds.translate.sidecar import service_parts, sidecar_plan
 
 Planner = Callable[[WorldIndex, Proxy, Options], Plan]
 
 
-def _edge_plan(index: WorldIndex, proxy: Proxy, options: Options) -> Plan:
-    return EMPTY_PLAN  # edge gateways: translate/edge.py (a later issue)
-
-
-PLANNERS: dict[str, Planner] = {"sidecar": sidecar_plan, "edge": _edge_plan}
+PLANNERS: dict[str, Planner] = {"sidecar": sidecar_plan, "edge": edge_plan}
 
 
 def proxy_plan(index: WorldIndex, proxy: Proxy, options: Options = DEFAULT_OPTIONS) -> Plan:
