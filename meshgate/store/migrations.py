@@ -143,12 +143,18 @@ def _0005_views_identity_current_nacks(conn: Connection) -> None:
         conn.execute(text(f"CREATE VIEW {name} AS {body}"))
 
 
+def _0006_replicas(conn: Connection) -> None:
+    # Liveness of `meshgate serve` replicas sharing the store (store/replicas.py).
+    schema.replicas.create(conn, checkfirst=True)
+
+
 STEPS: list[tuple[str, Step]] = [
     ("0001_initial", _0001_initial),
     ("0002_views", _0002_views),
     ("0003_proxy_status_acked_issuer", _0003_proxy_status_acked_issuer),
     ("0004_edge_routes_claims", _0004_edge_routes_claims),
     ("0005_views_identity_current_nacks", _0005_views_identity_current_nacks),
+    ("0006_replicas", _0006_replicas),
 ]
 
 

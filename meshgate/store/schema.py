@@ -225,3 +225,18 @@ denial_events = Table(
     Column("rule_id", String(63)),
     Column("reason", Text),
 )
+
+# One row per running `meshgate serve` (migration 0006). `beats` moves every few
+# seconds; a replica whose counter stops is declared gone by the others, which
+# then mark the proxy_status rows it held disconnected (meshgate/store/replicas.py).
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("listen", String(300)),
+    Column("host", String(253)),
+    Column("pid", Integer),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),  # the replica's own clock, informative
+    Column("beats", Integer, nullable=False, default=0),
+)
