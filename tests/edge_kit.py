@@ -140,13 +140,15 @@ def https(
     token: str | None = None,
     client: tuple[Path, Path] | None = None,
     address: str = "127.0.0.1",
+    method: str = "GET",
+    body: bytes | None = None,
 ) -> Reply:
     conn = _SniConnection(sni, port, tls_context(ca_pem, client), address)
     h = {"host": host or sni, **(headers or {})}
     if token is not None:
         h["authorization"] = f"Bearer {token}"
     try:
-        conn.request("GET", path, headers=h)
+        conn.request(method, path, body=body, headers=h)
         resp = conn.getresponse()
         return Reply(resp.status, resp.read(), {k.lower(): v for k, v in resp.getheaders()})
     except (ssl.SSLError, ConnectionError, OSError, http.client.HTTPException) as exc:

@@ -271,3 +271,17 @@ def test_real_envoy_accepts_the_gateway(tmp_path: Path) -> None:
     out = subprocess.run([find_envoy(), "--mode", "validate", "-c", str(path), "--disable-hot-restart",
                           "-l", "error"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_sidecar_leaves_claim_conditioned_denies_to_the_gateway() -> None:
+    """The sidecar cannot see claims: a deny rule from edge:public with claims must not
+    deny every request the gateway forwards (the gateway enforces it)."""
+    from meshgate.policy.compile import policy_for
+
+    world = _world()
+    p = Policy("block", "deny", ("edge:public",), "orders", claims=(("sub", "mallory"),))
+    (principal,) = policy_for(world, p, http=True).principals
+    assert principal.not_id.any is True
+    mixed = Policy("block2", "deny", ("edge:public", "web"), "orders", claims=(("sub", "m"),))
+    (principal,) = policy_for(world, mixed, http=True).principals
+    assert principal.authenticated.principal_name.exact == "spiffe://example.org/svc/web"

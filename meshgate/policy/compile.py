@@ -142,7 +142,15 @@ def permission_for(p: Policy, *, http: bool) -> rbac.Permission:
 
 
 def policy_for(world: World, p: Policy, *, http: bool) -> rbac.Policy:
-    principals = [principal_for_source(world, s, p.action) for s in p.sources]
+    sources = p.sources
+    if p.claims and p.action == "deny":
+        # A sidecar sees the gateway's identity, never the caller's token: a deny
+        # conditioned on claims is enforced by the gateway (xds/translate/edge_auth.py);
+        # here it would deny every request the gateway forwards.
+        sources = tuple(s for s in sources if not s.startswith(EDGE_PREFIX))
+    principals = [principal_for_source(world, s, p.action) for s in sources]
+    if not principals:
+        principals = [rbac.Principal(not_id=rbac.Principal(any=True))]
     return rbac.Policy(
         permissions=[permission_for(p, http=http)],
         principals=[_any_principal(principals)],
