@@ -106,11 +106,27 @@ class AdsClient:
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
         method = stub.DeltaAggregatedResources if self.delta else stub.StreamAggregatedResources
         self.call = method(metadata=self.metadata)
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.reader = asyncio.ensure_future(self._read_all())
         return self
+
+    async def _read_all(self) -> None:
+        """Read responses into a queue (a timed-out read would cancel the whole RPC)."""
+        try:
+            while True:
+                resp = await self.call.read()
+                if resp is grpc.aio.EOF:
+                    break
+                self.queue.put_nowait(resp)
+        except grpc.aio.AioRpcError:
+            pass
+        finally:
+            self.queue.put_nowait(None)
 
     async def __aexit__(self, *exc: object) -> None:
         if self.call is not None:
             self.call.cancel()
+        self.reader.cancel()
         if self.channel is not None:
             await self.channel.close()
 
@@ -118,31 +134,22 @@ class AdsClient:
         await self.call.write(req)
 
     async def recv(self, timeout: float = 3.0) -> Any:
-        resp = await asyncio.wait_for(self.call.read(), timeout)
-        assert resp is not grpc.aio.EOF, "stream ended"
+        resp = await asyncio.wait_for(self.queue.get(), timeout)
+        assert resp is not None, f"stream ended: {await self.call.code()} {await self.call.details()}"
         return resp
 
     async def nothing(self, wait: float = 0.4) -> None:
         """Assert no response arrives within `wait` seconds."""
         try:
-            resp = await asyncio.wait_for(self.call.read(), wait)
+            resp = await asyncio.wait_for(self.queue.get(), wait)
         except TimeoutError:
             return
         raise AssertionError(f"unexpected response: {resp}")
 
     async def status(self, timeout: float = 3.0) -> grpc.StatusCode:
-        """Wait for the stream to end; its status code."""
-        async def drain() -> grpc.StatusCode:
-            while True:
-                r = await self.call.read()
-                if r is grpc.aio.EOF:
-                    break
-            return await self.call.code()
-
-        try:
-            return await asyncio.wait_for(drain(), timeout)
-        except grpc.aio.AioRpcError as exc:
-            return exc.code()
+        """Wait for the stream to end; its status code (responses before it are dropped)."""
+        await asyncio.wait_for(asyncio.shield(self.reader), timeout)
+        return await self.call.code()
 
     # -- building requests --------------------------------------------------
     @staticmethod
@@ -226,3 +233,38 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class FakeSecrets:
+    """A SecretProvider test double: placeholder secrets (enough for fake clients),
+    with the trust bundle naming the World's revision when `vary` is set."""
+
+    def __init__(self, vary: bool = False) -> None:
+        self.vary = vary
+        self.calls: list[str] = []
+        self.forgotten: list[str] = []
+
+    def secrets_for(self, proxy: Any, world: Any, now: float) -> dict[str, Any]:
+        from meshgate.xds.translate.tls import identity_secret, trust_bundle_secret
+
+        self.calls.append(proxy.name)
+        bundle = f"roots@{world.revision}" if self.vary else "roots"
+        return {"identity": identity_secret(f"cert of {proxy.name}", "key"), "trust-bundle": trust_bundle_secret(bundle)}
+
+    def next_refresh(self, now: float) -> float:
+        return float("inf")
+
+    def forget(self, proxy_name: str) -> None:
+        self.forgotten.append(proxy_name)
+
+
+def mesh_fixture(tmp_path: Path) -> tuple[Engine, dict[str, str]]:
+    """web (http:80) with sidecar web-1 and its instance; orders (http:8080) with one
+    instance and sidecar orders-1; default allow. Returns the engine and the tokens."""
+    engine = new_mesh(tmp_path / "mesh.db")
+    service(engine, "web")
+    service(engine, "orders", port=8080)
+    tokens = {"web-1": sidecar(engine, "web-1", "web"), "orders-1": sidecar(engine, "orders-1", "orders", 15002)}
+    instance(engine, "web", 15011, 9000, proxy="web-1")
+    instance(engine, "orders", 15010, 8080, proxy="orders-1")
+    return engine, tokens

@@ -15,16 +15,29 @@ MAX_REASON = 500
 MAX_REMEMBERED = 64  # NACKed versions remembered per proxy and type
 
 
+# A line of a protobuf text dump: `name: "svc/a"`, `connect_timeout {`, `}`.
+_DUMP_LINE = re.compile(r"^([A-Za-z_][\w.\[\]/]*\s*(\{|:\s.*|:)|\})$")
+_DEBUG_MARK = re.compile(r"\s*goo\.gle/debug\w*")
+
+
 def reason(message: str) -> str:
-    """The human part of an Envoy NACK message: its last non-empty line, trimmed."""
+    """The human part of an Envoy NACK message.
+
+    Envoy 1.40 writes, for example (recorded):
+      "Error adding/updating listener(s) dup: error adding listener '127.0.0.1:1': no filter chains specified"
+      "Error adding/updating cluster(s) svc/bad: goo.gle/debugproto\n<dump>\n: Proto constraint validation failed (...)"
+      "Invalid duration: Expected positive duration: goo.gle/debugonly\nseconds: -1"
+    so: the last line that is not part of a resource dump, without protobuf's
+    debug markers and a leading ": ".
+    """
     lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
-    if not lines:
-        return ""
-    last = lines[-1]
-    # A resource dump ends in "}" and the reason follows the last "}: " on the line.
-    if "}: " in last:
-        last = last.rsplit("}: ", 1)[1]
-    return last[-MAX_REASON:]
+    text = [ln for ln in lines if not _DUMP_LINE.match(ln)]
+    if not text:
+        text = lines or [""]
+    last = _DEBUG_MARK.sub("", text[-1]).strip()
+    if last.startswith(":"):
+        last = last[1:].strip()
+    return last.rstrip(":").strip()[-MAX_REASON:]
 
 
 def named_in(message: str, names: Iterable[str]) -> list[str]:

@@ -33,6 +33,7 @@ class Peer:
         ledger: Any = None,
         nacks: NackMemory | None = None,
         secret_facts: Callable[[Sequence[Resource]], dict[str, Any]] | None = None,
+        metrics: Any = None,
     ) -> None:
         self.proxy = proxy
         self.stream_id = stream_id
@@ -40,6 +41,7 @@ class Peer:
         self.ledger = ledger
         self.nacks = nacks if nacks is not None else NackMemory()
         self.secret_facts = secret_facts
+        self.metrics = metrics  # e.g. telemetry's ControlPlaneMetrics: pushed/acked/nacked
         self._nonce = 0
 
     def next_nonce(self) -> str:
@@ -60,6 +62,8 @@ class Peer:
               nonce=nonce, resources=resources, removed=removed or None)
         if self.ledger is not None:
             self.ledger.sent(self.proxy, types.short(type_url), version, nonce)
+        if self.metrics is not None:
+            self.metrics.pushed(self.proxy, types.short(type_url))
 
     def acked(self, type_url: str, version: str, resources: Sequence[Resource] = ()) -> None:
         event(log, "acked", proxy=self.proxy, mode=self.mode, type=types.short(type_url), version=version)
@@ -68,6 +72,8 @@ class Peer:
             if type_url == types.SECRET and resources and self.secret_facts is not None:
                 facts = self.secret_facts(resources)
             self.ledger.acked(self.proxy, types.short(type_url), version, **facts)
+        if self.metrics is not None:
+            self.metrics.acked(self.proxy, types.short(type_url))
 
     def nacked(self, type_url: str, version: str, message: str, names: Iterable[str],
                resources: Sequence[Resource]) -> None:
@@ -83,6 +89,8 @@ class Peer:
               sources=",".join(sources), reason=why)
         if self.ledger is not None:
             self.ledger.nacked(self.proxy, types.short(type_url), version, why, names, list(sources))
+        if self.metrics is not None:
+            self.metrics.nacked(self.proxy, types.short(type_url))
 
     def refused_secrets(self, names: Iterable[str]) -> None:
         """A proxy asked for secrets that are not its own: it gets nothing for them."""

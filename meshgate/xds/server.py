@@ -11,7 +11,9 @@ store changes (watch.py) live in their own modules. Other features plug in:
 - `servicers`: callbacks that add gRPC services to the same server (telemetry);
 - `hooks`: objects with async `connected(proxy, node)` / `disconnected(proxy, node)`
   (self-registration of instances);
-- `rotation`: called about every second with (engine, now) (CA root rotation).
+- `rotation`: called about every second with (engine, now) (CA root rotation);
+- `metrics`: an observer with proxy_connected/proxy_disconnected(proxy) and
+  pushed/acked/nacked(proxy, type) (telemetry's ControlPlaneMetrics).
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ class XdsServer:
         servicers: Sequence[Callable[[grpc.aio.Server], None]] = (),
         hooks: Sequence[StreamHooks] = (),
         rotation: Callable[[Engine, float], Any] | None = None,
+        metrics: Any = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
@@ -115,6 +118,7 @@ class XdsServer:
         self.servicers = list(servicers)
         self.hooks = list(hooks)
         self.rotation = rotation
+        self.metrics = metrics
         self.clock = clock
         self.auth = Authenticator()
         self.ledger = Ledger(engine, self.replica, clock)
@@ -220,7 +224,7 @@ class XdsServer:
         stream = _Stream(auth.proxy, mode, auth, first.node)
         peer = Peer(
             auth.proxy, f"{next(self._stream_ids):x}", mode=mode, ledger=self.ledger,
-            nacks=self.nacks.setdefault(auth.proxy, NackMemory()), secret_facts=self._secret_facts,
+            nacks=self.nacks.setdefault(auth.proxy, NackMemory()), secret_facts=self._secret_facts, metrics=self.metrics,
         )
         engine = make(peer)
         self._register(stream)
@@ -282,8 +286,11 @@ class XdsServer:
 
     def _register(self, stream: _Stream) -> None:
         assert self.state is not None
-        self.streams.setdefault(stream.proxy, set()).add(stream)
+        group = self.streams.setdefault(stream.proxy, set())
+        group.add(stream)
         self.state.track(stream.proxy)
+        if len(group) == 1 and self.metrics is not None:
+            self.metrics.proxy_connected(stream.proxy)
 
     def _unregister(self, stream: _Stream) -> None:
         assert self.state is not None
@@ -294,6 +301,8 @@ class XdsServer:
                 del self.streams[stream.proxy]
                 self.state.untrack(stream.proxy)
                 self.ledger.disconnected(stream.proxy)
+                if self.metrics is not None:
+                    self.metrics.proxy_disconnected(stream.proxy)
 
     def _wake(self, proxies: Sequence[str] | set[str]) -> None:
         for name in proxies:

@@ -1,0 +1,135 @@
+"""Running the control plane: `meshgate serve` in one asyncio process.
+
+TLS on the xDS port with a certificate from the mesh CA (SPIFFE id
+spiffe://<td>/control-plane, DNS/IP SANs of the listen host and
+--server-name), reissued when the CA's signer changes (rotation). Plaintext
+only with an explicit flag, and only on a loopback address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from sqlalchemy import Engine
+
+from meshgate.validation import split_host_port
+from meshgate.xds.admin import make_admin_app, start_admin
+from meshgate.xds.errors import XdsError
+from meshgate.xds.logs import event
+from meshgate.xds.secrets import IssuerSecretProvider, NoSecrets, SecretProvider
+from meshgate.xds.server import XdsServer
+
+log = logging.getLogger("meshgate.xds.serve")
+LOOPBACK_NAMES = ("localhost",)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    listen: str = "127.0.0.1:18000"
+    insecure_plaintext_loopback: bool = False
+    admin: str | None = None
+    server_names: tuple[str, ...] = ()
+    replica: str | None = None
+    server_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listen(cfg: ServeConfig) -> str:
+    hp = split_host_port(cfg.listen)
+    if hp is None:
+        raise XdsError(f"--listen: not HOST:PORT: {cfg.listen!r}")
+    if cfg.insecure_plaintext_loopback and not is_loopback(hp[0]):
+        raise XdsError(f"--insecure-plaintext-loopback serves without TLS, so only on a loopback address "
+                       f"(127.0.0.1, ::1), not {hp[0]!r}")
+    if cfg.admin is not None and split_host_port(cfg.admin) is None:
+        raise XdsError(f"--admin: not HOST:PORT: {cfg.admin!r}")
+    return hp[0]
+
+
+def load_issuer(engine: Engine, db_url: str) -> Any:
+    from meshgate.ca.identity import IdentityIssuer
+    from meshgate.ca.keys import load_keybox
+
+    return IdentityIssuer(engine, load_keybox(db_url))
+
+
+def tls_credentials(issuer: Any, hostnames: list[str]) -> grpc.ServerCredentials:
+    """TLS for the xDS port; a new certificate once the CA's signer changed."""
+    issued_by = [issuer.signer_fingerprint()]
+
+    def config() -> Any:
+        chain, key = issuer.server_credentials(hostnames, time.time())
+        return grpc.ssl_server_certificate_configuration([(key.encode(), chain.encode())])
+
+    def fetch() -> Any:
+        current = issuer.signer_fingerprint()
+        if current == issued_by[0]:
+            return None
+        issued_by[0] = current
+        event(log, "server-certificate-reissued", signer=current)
+        return config()
+
+    return grpc.dynamic_ssl_server_credentials(config(), fetch, require_client_authentication=False)
+
+
+def rotation_step(engine: Engine, now: float) -> Any:
+    from meshgate.ca import rotation
+
+    return rotation.advance(engine, now, actor="meshgate serve")
+
+
+async def serve(engine: Engine, db_url: str, cfg: ServeConfig,
+                on_ready: Callable[[XdsServer], None] | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or `stop` is set); then close streams and flush the ledger."""
+    host = check_listen(cfg)
+    secrets: SecretProvider
+    credentials = None
+    try:
+        issuer = await asyncio.to_thread(load_issuer, engine, db_url)
+    except Exception as exc:  # noqa: BLE001 - CaError, key problems: say what is missing
+        if not cfg.insecure_plaintext_loopback:
+            raise XdsError(f"cannot serve TLS without the mesh CA: {exc}") from exc
+        event(log, "no-ca", level=logging.WARNING, error=str(exc),
+              note="sidecars get no certificates; mTLS listeners and clusters will not work")
+        secrets, issuer = NoSecrets(), None
+    else:
+        secrets = IssuerSecretProvider(issuer)
+        if not cfg.insecure_plaintext_loopback:
+            credentials = tls_credentials(issuer, [host, *cfg.server_names])
+    server = XdsServer(engine, secrets=secrets, replica=cfg.replica or f"{host}:{cfg.listen.rsplit(':', 1)[1]}",
+                       rotation=rotation_step if issuer is not None else None, **cfg.server_kwargs)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+            pass
+    await server.start(cfg.listen, credentials=credentials)
+    runner = await start_admin(make_admin_app(server), cfg.admin) if cfg.admin else None
+    if on_ready is not None:
+        on_ready(server)
+    try:
+        await stop.wait()
+        event(log, "shutting-down", replica=server.replica)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await server.stop(1.0)
