@@ -32,13 +32,22 @@ from meshgate.telemetry.envoy_config import bootstrap_stats_sink, denied_or_fail
 TD = "example.org"
 CP_CLUSTER = "meshgate"
 
-# What the test sends through web -> orders, and what each path yields.
+# The policies (made with the CLI, compiled by meshgate.policy) and what the
+# test sends through web -> orders, and what each path yields.
+POLICIES: list[list[str]] = [
+    ["allow", "--from", "web", "--to", "orders", "--path-prefix", "/status",
+     "--path-prefix", "/anything", "--id", "allow-web"],
+    ["deny", "--from", "*", "--to", "orders", "--path-prefix", "/anything/admin",
+     "--id", "deny-admin"],
+    ["deny", "--from", "*", "--to", "orders", "--path-prefix", "/anything/watched",
+     "--audit", "--id", "audit-watch"],
+]
 TRAFFIC: list[tuple[str, int, int]] = [  # (path, expected status, count)
     ("/anything/ok", 200, 20),
     ("/status/503", 503, 5),
     ("/status/404", 404, 3),
     ("/anything/admin/x", 403, 4),     # deny rule "deny-admin"
-    ("/other", 403, 2),                # no allow rule: default deny
+    ("/other", 403, 2),                # no allow rule matches: default deny
     ("/anything/watched", 200, 3),     # passes; audit rule "audit-watch" flags it
 ]
 
@@ -143,18 +152,6 @@ def hcm(stat_prefix: str, cluster: str, http_filters: list[dict[str, Any]], *,
     return {"name": "envoy.filters.network.http_connection_manager", "typed_config": cfg}
 
 
-def _rbac(action: str, policies: dict[str, Any], shadow: dict[str, Any] | None = None) -> dict[str, Any]:
-    cfg: dict[str, Any] = {"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
-                           "rules": {"action": action, "policies": policies}}
-    if shadow:
-        cfg["shadow_rules"] = shadow
-    return {"name": "envoy.filters.http.rbac", "typed_config": cfg}
-
-
-def _path_prefix(p: str) -> dict[str, Any]:
-    return {"url_path": {"path": {"prefix": p}}}
-
-
 def bootstrap(node_id: str, service: str, cp_port: int, listeners: list[dict[str, Any]],
               clusters: list[dict[str, Any]], *, telemetry: bool,
               flush_ms: int = 1000) -> dict[str, Any]:
@@ -169,26 +166,16 @@ def bootstrap(node_id: str, service: str, cp_port: int, listeners: list[dict[str
     return b
 
 
-def orders_bootstrap(ca: TestCa, *, cp_port: int, inbound_port: int, app_port: int) -> dict[str, Any]:
+def orders_bootstrap(ca: TestCa, rbac_filters: list[dict[str, Any]], *, cp_port: int,
+                     inbound_port: int, app_port: int) -> dict[str, Any]:
+    """orders' inbound: mTLS required, then `rbac_filters` (compiled from real policies)."""
     cert, key = ca.issue("orders")
     tls = {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
            "require_client_certificate": True,
            "common_tls_context": _common_tls(cert, key, ca.pem, {"prefix": f"spiffe://{TD}/"})}
-    web = {"authenticated": {"principal_name": {"exact": f"spiffe://{TD}/svc/web"}}}
-    filters = [
-        _rbac("DENY", {"deny-admin": {"permissions": [_path_prefix("/anything/admin")],
-                                      "principals": [{"any": True}]}}),
-        _rbac("ALLOW", {"allow-web": {
-                  "permissions": [{"or_rules": {"rules": [_path_prefix("/status"),
-                                                          _path_prefix("/anything")]}}],
-                  "principals": [web]}},
-              shadow={"action": "DENY", "policies": {"audit-watch": {
-                  "permissions": [_path_prefix("/anything/watched")],
-                  "principals": [{"any": True}]}}}),
-    ]
     listener = {"name": "inbound", "address": _addr(inbound_port), "filter_chains": [{
         "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
-        "filters": [hcm("inbound", "local_app", filters, access_log="orders-inbound")]}]}
+        "filters": [hcm("inbound", "local_app", rbac_filters, access_log="orders-inbound")]}]}
     return bootstrap("orders-1", "orders", cp_port, [listener],
                      [static_cluster("local_app", app_port)], telemetry=True)
 
@@ -208,12 +195,12 @@ def web_bootstrap(ca: TestCa, *, cp_port: int, outbound_port: int, orders_port: 
 class TwoSidecars:
     """orders app + orders-1 + web-1 Envoys, pointed at a telemetry server's gRPC port."""
 
-    def __init__(self, workdir: Path, cp_port: int) -> None:
+    def __init__(self, workdir: Path, cp_port: int, rbac_filters: list[dict[str, Any]]) -> None:
         self.ca = TestCa()
         self.app = App("orders")
         self.inbound_port = free_port()
         self.outbound_port = free_port()
-        self.orders = EnvoyProcess(orders_bootstrap(self.ca, cp_port=cp_port,
+        self.orders = EnvoyProcess(orders_bootstrap(self.ca, rbac_filters, cp_port=cp_port,
                                                     inbound_port=self.inbound_port,
                                                     app_port=self.app.port), workdir, "orders-1")
         self.web = EnvoyProcess(web_bootstrap(self.ca, cp_port=cp_port,
@@ -260,3 +247,30 @@ class TwoSidecars:
             except (ssl.SSLError, ConnectionError):
                 return
         raise AssertionError(f"the handshake without a client certificate succeeded: {data!r}")
+
+
+def make_store(db: Path) -> list[dict[str, Any]]:
+    """A mesh with services web, orders, billing and POLICIES, made with the CLI;
+    returns orders' inbound RBAC filters compiled from it (Envoy JSON)."""
+    from click.testing import CliRunner
+
+    from meshgate.cli import cli
+    from meshgate.policy.compile import http_rbac_filters
+    from meshgate.store.db import open_store
+    from meshgate.store.world import load_world
+
+    runner = CliRunner()
+    steps = [["init", "--trust-domain", TD],
+             ["service", "add", "orders", "--protocol", "http", "--port", "8080"],
+             ["service", "add", "web", "--protocol", "http", "--port", "8080"],
+             ["service", "add", "billing", "--protocol", "grpc", "--port", "9090"]]
+    steps += [["policy", *p] for p in POLICIES]
+    for args in steps:
+        r = runner.invoke(cli, ["--db", str(db), *args], catch_exceptions=False)
+        assert r.exit_code == 0, (args, r.output)
+    engine = open_store(str(db))
+    try:
+        world = load_world(engine)
+    finally:
+        engine.dispose()
+    return [json.loads(json_format.MessageToJson(f)) for f in http_rbac_filters(world, "orders")]

@@ -21,10 +21,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from click.testing import CliRunner
-from telemetry_support import TRAFFIC, TwoSidecars
+from telemetry_support import TRAFFIC, TwoSidecars, make_store
 
-from meshgate.cli import cli
 from meshgate.fleet.envoy import free_port
 from meshgate.store.db import open_store
 from meshgate.telemetry.runner import TelemetryServer
@@ -45,15 +43,10 @@ def _chromium() -> str | None:
 def admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("dashboard")
     db = tmp / "meshgate.db"
-    for args in (["init", "--trust-domain", "example.org"],
-                 ["service", "add", "orders", "--protocol", "http", "--port", "8080"],
-                 ["service", "add", "web", "--protocol", "http", "--port", "8080"],
-                 ["service", "add", "billing", "--protocol", "grpc", "--port", "9090"]):
-        r = CliRunner().invoke(cli, ["--db", str(db), *args], catch_exceptions=False)
-        assert r.exit_code == 0, r.output
+    rbac_filters = make_store(db)
     engine = open_store(str(db))
     ts = TelemetryServer(engine=engine).start()
-    sidecars = TwoSidecars(tmp, ts.grpc_port)
+    sidecars = TwoSidecars(tmp, ts.grpc_port, rbac_filters)
     try:
         sidecars.start()
         for path, _status, n in TRAFFIC:

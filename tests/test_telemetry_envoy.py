@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from telemetry_support import TRAFFIC, TwoSidecars
+from telemetry_support import TRAFFIC, TwoSidecars, make_store
 
 from meshgate.cli import cli
 from meshgate.store.db import open_store
@@ -71,15 +71,10 @@ class Mesh:
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp = tmp_path_factory.mktemp("telemetry")
     db = tmp / "meshgate.db"
-    runner = CliRunner()
-    for args in (["init", "--trust-domain", "example.org"],
-                 ["service", "add", "orders", "--protocol", "http", "--port", "8080"],
-                 ["service", "add", "web", "--protocol", "http", "--port", "8080"]):
-        r = runner.invoke(cli, ["--db", str(db), *args], catch_exceptions=False)
-        assert r.exit_code == 0, r.output
+    rbac_filters = make_store(db)  # policies made with the CLI, compiled by meshgate.policy
     engine = open_store(str(db))
     ts = TelemetryServer(engine=engine, window_seconds=120).start()
-    sidecars = TwoSidecars(tmp, ts.grpc_port)
+    sidecars = TwoSidecars(tmp, ts.grpc_port, rbac_filters)
     try:
         sidecars.start()
         sent: list[tuple[str, int]] = []
@@ -135,8 +130,9 @@ def test_service_aggregates_match_on_the_callee(mesh: Mesh) -> None:
     assert s is not None
     assert s["requests_total"] == TOTAL
     assert s["status_total"] == dict(BY_CLASS)
-    assert s["rbac_denied_total"] == sum(DENIED_BY_RULE.values())
-    assert s["audit_denied_total"] == AUDITED
+    assert s["rbac_denied_total"] == sum(DENIED_BY_RULE.values())  # deny + allow filters
+    assert s["denied_total"] == sum(DENIED_BY_RULE.values())  # from the access logs
+    assert s["audited_total"] == AUDITED
     assert s["tls_failures_total"] == 1
     assert s["p99_ms"] is not None
     assert s["proxies"] == ["orders-1"]

@@ -107,8 +107,12 @@ def test_read_push_keeps_mesh_edges_and_inbound_only() -> None:
         family("http.downstream_rq_xx", protos.COUNTER,
                ({**inbound, "envoy.response_code_class": "4"}, 3),
                ({"envoy.http_conn_manager_prefix": "admin", "envoy.response_code_class": "2"}, 5)),
-        family("http.rbac.denied", protos.COUNTER, (inbound, 2)),
-        family("http.rbac.shadow_denied", protos.COUNTER, (inbound, 1)),
+        # meshgate's two RBAC filters, told apart by their stat prefix
+        family("http.rbac.denied", protos.COUNTER,
+               ({**inbound, "envoy.rbac_http_prefix": "deny"}, 2),
+               ({**inbound, "envoy.rbac_http_prefix": "allow"}, 3)),
+        family("http.rbac.shadow_denied", protos.COUNTER,  # audit: from access logs only
+               ({**inbound, "envoy.rbac_http_prefix": "deny_audit"}, 1)),
         family("listener.ssl.fail_verify_no_cert", protos.COUNTER,
                ({"envoy.listener_address": "127.0.0.1_15006"}, 1)),
         family("cluster.ssl.connection_error", protos.COUNTER,
@@ -122,7 +126,7 @@ def test_read_push_keeps_mesh_edges_and_inbound_only() -> None:
     o = s.outbound["orders"]
     assert o.classes == {"2": 7, "5": 2} and o.latency.count == 9 and o.tls_failures == 4
     assert s.inbound.classes == {"4": 3}
-    assert (s.inbound.rbac_denied, s.inbound.audit_denied, s.inbound.tls_failures) == (2, 1, 1)
+    assert (s.inbound.rbac_denied, s.inbound.tls_failures) == (5, 1)
     assert s.cert_expiry == 2000
 
 
@@ -155,10 +159,20 @@ def test_jwt_and_rate_limit_denials_at_a_gateway() -> None:
 
 def test_audit_denial_and_plain_failures() -> None:
     d, f = read_http_entry(http_entry(status=200, details="via_upstream", meta={
-        "shadow_engine_result": "denied", "shadow_effective_policy_id": "audit-1"}),
+        "deny.enforced_engine_result": "allowed",
+        "deny_audit.shadow_engine_result": "denied",
+        "deny_audit.shadow_effective_policy_id": "audit-1"}),
         "orders-1", "orders", now=1.0)
     assert d is not None and f is None
     assert (d.kind, d.rule_id, d.status) == ("audit", "audit-1", 200)
+    # denied by default, but an audit-mode allow rule would have let it through
+    d, f = read_http_entry(http_entry(details="rbac_access_denied_matched_policy[none]", meta={
+        "deny_audit.shadow_engine_result": "allowed",
+        "allow_audit.shadow_engine_result": "allowed",
+        "allow_audit.shadow_effective_policy_id": "try-web"}),
+        "orders-1", "orders", now=1.0)
+    assert d is not None and d.kind == "rbac" and d.rule_id is None
+    assert d.reason == "no rule allows it (default deny); audit rule try-web would allow it"
     d, f = read_http_entry(http_entry(status=503, details="upstream_reset_before_response_started",
                                       flags={"upstream_connection_failure": True}),
                            "web-1", "web", now=1.0)

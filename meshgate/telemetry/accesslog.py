@@ -6,9 +6,13 @@ would have denied), a `Failure` (5xx, response flags), or both (a request an
 audit rule flags that also failed).
 
 RBAC: `response_code_details` is `rbac_access_denied_matched_policy[<id>]`,
-`[none]` when no allow rule matched (default deny). Audit (shadow) rules
-leave `shadow_engine_result: denied` and `shadow_effective_policy_id` in the
-RBAC filter's dynamic metadata. JWT: `jwt_authn_access_denied{<reason>}`.
+`[none]` when no allow rule matched (default deny). Audit-mode rules are
+shadow rules: each RBAC filter writes `<shadow prefix>shadow_engine_result`
+and `<shadow prefix>shadow_effective_policy_id` into the dynamic metadata
+`envoy.filters.http.rbac` (meshgate's prefixes: `deny_audit.`,
+`allow_audit.`; see meshgate.policy.compile). A request that passed but whose
+shadow engine says `denied` is an audit-mode denial. JWT:
+`jwt_authn_access_denied{<reason>}`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from meshgate.telemetry.stats import SERVICE_CLUSTER_PREFIX
 RBAC_METADATA = "envoy.filters.http.rbac"
 _RBAC_DETAILS = re.compile(r"^rbac_access_denied_matched_policy\[(.*)\]$")
 _JWT_DETAILS = re.compile(r"^jwt_authn_access_denied\{(.*)\}$")
+_SHADOW_RESULT = "shadow_engine_result"
 _SPIFFE = re.compile(r"^spiffe://[^/]+/(svc|edge)/([^/]+)$")
 
 # AccessLogCommon.response_flags field -> Envoy's short flag
@@ -127,8 +132,19 @@ def _time(common, fallback: float) -> float:  # type: ignore[no-untyped-def]
     return fallback
 
 
-def read_http_entry(entry, proxy: str, node_service: str | None, now: float,  # type: ignore[no-untyped-def]
-                    shadow_prefix: str = "") -> tuple[Denial | None, Failure | None]:
+def _shadow(meta: dict[str, str], result: str) -> tuple[bool, str | None]:
+    """Did any RBAC filter's shadow engine decide `result`? And by which rule
+    (a filter whose decision named a rule wins over one that did not)."""
+    found, rule = False, None
+    for key, value in sorted(meta.items()):
+        if key.endswith(_SHADOW_RESULT) and value == result:
+            found = True
+            rule = rule or meta.get(key[: -len(_SHADOW_RESULT)] + "shadow_effective_policy_id")
+    return found, rule or None
+
+
+def read_http_entry(entry, proxy: str, node_service: str | None,  # type: ignore[no-untyped-def]
+                    now: float) -> tuple[Denial | None, Failure | None]:
     """One HTTPAccessLogEntry -> (denial, failure); either may be None."""
     common = entry.common_properties
     req, resp = entry.request, entry.response
@@ -142,23 +158,26 @@ def read_http_entry(entry, proxy: str, node_service: str | None, now: float,  # 
         "path": req.path or None, "status": status,
     }
     denial: Denial | None = None
+    meta = _rbac_metadata(common)
     m = _RBAC_DETAILS.match(details)
     if m:
         rule = m.group(1)
         if rule and rule != "none":
             denial = Denial(**base, rule_id=rule, reason=f"denied by rule {rule}", kind="rbac")
         else:
-            denial = Denial(**base, rule_id=None, reason="no rule allows it (default deny)",
-                            kind="rbac")
+            reason = "no rule allows it (default deny)"
+            _, audit_rule = _shadow(meta, "allowed")
+            if audit_rule:
+                reason += f"; audit rule {audit_rule} would allow it"
+            denial = Denial(**base, rule_id=None, reason=reason, kind="rbac")
     elif (j := _JWT_DETAILS.match(details)) is not None:
         denial = Denial(**base, rule_id=None, reason="jwt: " + j.group(1).replace("_", " "),
                         kind="jwt")
     elif details == "local_rate_limited" or "RL" in flags.split(","):
         denial = Denial(**base, rule_id=None, reason="rate limited", kind="ratelimit")
     else:
-        meta = _rbac_metadata(common)
-        if meta.get(f"{shadow_prefix}shadow_engine_result") == "denied":
-            rule = meta.get(f"{shadow_prefix}shadow_effective_policy_id") or None
+        audit_denied, rule = _shadow(meta, "denied")
+        if audit_denied:
             denial = Denial(**base, rule_id=rule,
                             reason=f"audit: rule {rule or '(none)'} would deny (not enforced)",
                             kind="audit")

@@ -25,11 +25,14 @@ from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
+from meshgate.policy.compile import DENY_FILTER, SHADOW_STAT_PREFIX
+
 METRICS_SINK = "envoy.stat_sinks.metrics_service"
 HTTP_GRPC_LOGGER = "envoy.access_loggers.http_grpc"
 TCP_GRPC_LOGGER = "envoy.access_loggers.tcp_grpc"
 RBAC_HTTP_FILTER = "envoy.filters.http.rbac"
 MIN_STATUS_RUNTIME_KEY = "meshgate.access_log.min_status"
+AUDIT_DENY_PREFIXES: tuple[str, ...] = (SHADOW_STAT_PREFIX[DENY_FILTER],)
 
 # Request-time buckets (ms): fine where service latencies live, coarse above.
 RQ_TIME_BUCKETS_MS: tuple[float, ...] = (
@@ -132,7 +135,8 @@ def _grpc_failed() -> accesslog_pb2.AccessLogFilter:
 
 def _shadow_denied(shadow_prefix: str) -> accesslog_pb2.AccessLogFilter:
     # Audit-mode policies are RBAC shadow rules: the request passes, and the
-    # RBAC filter writes `<prefix>shadow_engine_result: denied` as metadata.
+    # RBAC filter writes `<shadow_rules_stat_prefix>shadow_engine_result:
+    # denied` into its dynamic metadata.
     return accesslog_pb2.AccessLogFilter(metadata_filter=accesslog_pb2.MetadataFilter(
         matcher=metadata_pb2.MetadataMatcher(
             filter=RBAC_HTTP_FILTER,
@@ -151,7 +155,7 @@ def denied_or_failed_access_log(
     *,
     min_status: int = 400,
     include_audit: bool = True,
-    shadow_rules_prefix: str = "",
+    shadow_rules_prefixes: Sequence[str] = AUDIT_DENY_PREFIXES,
     initial_metadata: Sequence[tuple[str, str]] = (),
     flush_ms: int = 1000,
 ) -> accesslog_pb2.AccessLog:
@@ -160,7 +164,10 @@ def denied_or_failed_access_log(
     Sent: status >= `min_status` (RBAC 403, JWT 401/403, rate limit 429, 5xx),
     any response flag, gRPC requests ending with a non-OK grpc-status, and (with
     `include_audit`) requests an audit-mode policy would have denied.
-    `shadow_rules_prefix` must equal the RBAC filter's `shadow_rules_stat_prefix`.
+    `shadow_rules_prefixes`: the `shadow_rules_stat_prefix` of each RBAC filter
+    whose shadow denials are audit-mode denials (meshgate's deny filter by default;
+    the allow filter's shadow rules can only allow more, so they never deny a
+    request that passed).
     Each entry carries the peer certificate SANs (caller), route name,
     upstream cluster, method, path, response code and code details
     (`rbac_access_denied_matched_policy[<rule id>]`, `jwt_authn_access_denied{...}`)
@@ -168,7 +175,7 @@ def denied_or_failed_access_log(
     """
     filters = [_status_at_least(min_status), _any_response_flag(), _grpc_failed()]
     if include_audit:
-        filters.append(_shadow_denied(shadow_rules_prefix))
+        filters += [_shadow_denied(p) for p in shadow_rules_prefixes]
     config = als_pb2.HttpGrpcAccessLogConfig(
         common_config=_grpc_common(cluster_name, log_name, initial_metadata, flush_ms))
     return accesslog_pb2.AccessLog(

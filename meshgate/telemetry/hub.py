@@ -79,7 +79,6 @@ class TelemetryHub:
         authenticate: Authenticate | None = None,
         denial_writer: DenialWriter | None = None,
         inbound_prefix: str = INBOUND_STAT_PREFIX,
-        shadow_prefix: str = "",
         keep_recent: int = 500,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -89,7 +88,6 @@ class TelemetryHub:
         self._authenticate = authenticate
         self.writer = denial_writer
         self.inbound_prefix = inbound_prefix
-        self.shadow_prefix = shadow_prefix
         self.clock = clock
         self.proxies: dict[str, ProxySeen] = {}
         self._pushes: deque[_Push] = deque()
@@ -193,7 +191,7 @@ class TelemetryHub:
         for entry in entries:
             self.log_entries += 1
             if http:
-                denial, failure = read_http_entry(entry, node_id, service, now, self.shadow_prefix)
+                denial, failure = read_http_entry(entry, node_id, service, now)
             else:
                 denial, failure = read_tcp_entry(entry, node_id, service, now)
             if denial is not None:
@@ -311,7 +309,6 @@ class TelemetryHub:
             row = {"service": name, **self._view(traffic, rate),
                    "denied": denied.get(name, 0),
                    "rbac_denied_total": totals.traffic.rbac_denied,
-                   "audit_denied_total": totals.traffic.audit_denied,
                    "jwt_denied_total": totals.traffic.jwt_denied,
                    "failures_logged_total": totals.failures,
                    "proxies": sorted(p.node_id for p in self.proxies.values()

@@ -10,12 +10,14 @@ caller -> callee edge, on the CALLER's sidecar (its outbound cluster `svc/<calle
 service, on the service's own sidecars (the inbound HCM, stat prefix `inbound`):
     http.downstream_rq_xx{envoy.http_conn_manager_prefix="inbound", ...}
     http.downstream_rq_time{envoy.http_conn_manager_prefix="inbound"}      histogram, ms
-    http.rbac.denied / http.rbac.shadow_denied{... "inbound"}               RBAC
+    http.rbac.denied{... "inbound", envoy.rbac_http_prefix}                 RBAC (all filters)
     http.jwt_authn.denied                                                   JWT (gateways)
     listener.ssl.connection_error / listener.ssl.fail_verify_*             TLS failures
     *.ssl.certificate.expiration_unix_time_seconds                          cert expiry
 
-Denials by rule id come from access logs, not stats (stats have no rule id).
+Denials by rule id, and audit-mode matches, come from access logs, not stats:
+stats have no rule id, and a filter's `shadow_denied` counts its enforced
+rules too (meshgate's shadow rules are enforced + audit rules).
 """
 
 from __future__ import annotations
@@ -78,7 +80,6 @@ class Traffic:
     latency: Buckets = field(default_factory=Buckets)
     tls_failures: int = 0
     rbac_denied: int = 0
-    audit_denied: int = 0
     jwt_denied: int = 0
 
     @property
@@ -95,12 +96,11 @@ class Traffic:
         self.latency.add(other.latency)
         self.tls_failures += other.tls_failures
         self.rbac_denied += other.rbac_denied
-        self.audit_denied += other.audit_denied
         self.jwt_denied += other.jwt_denied
 
     def empty(self) -> bool:
         return not (self.requests or self.latency.count or self.tls_failures
-                    or self.rbac_denied or self.audit_denied or self.jwt_denied)
+                    or self.rbac_denied or self.jwt_denied)
 
 
 @dataclass
@@ -195,7 +195,5 @@ def _counter(s: NodeSample, name: str, labels: dict[str, str], value: int,
             cls = labels.get(L_CLASS, "")
             if cls in CLASSES:
                 s.inbound.classes[cls] = s.inbound.classes.get(cls, 0) + value
-        elif name == "http.rbac.denied":
+        elif name == "http.rbac.denied":  # summed over the deny and allow filters
             s.inbound.rbac_denied += value
-        elif name == "http.rbac.shadow_denied":
-            s.inbound.audit_denied += value
