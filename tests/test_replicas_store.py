@@ -119,3 +119,29 @@ def test_clean_stop_removes_the_row_and_a_new_watcher_waits_a_full_period(engine
     assert not any(c for _, c in _connected(engine).values())
     a.stop()
     assert _live(engine) == []
+
+
+def test_status_rows_belong_to_the_replica_holding_the_stream(engine: Engine) -> None:
+    """A proxy moved from replica a to b: late writes from a change nothing."""
+    from meshgate.store.status import write_rows
+
+    def row(replica: str, connected: bool, since: float, **extra: object) -> dict[str, object]:
+        return {"proxy": "p1", "type": "cds", "replica": replica, "connected": connected,
+                "connected_since": since, "last_seen": since, **extra}
+
+    assert write_rows(engine, [row("a", True, 10.0, acked_version="v1")]) == 1
+    assert write_rows(engine, [row("b", True, 20.0)]) == 1  # p1 reconnected to b
+    # a notices the old stream's end only now, or flushes what it had before
+    assert write_rows(engine, [row("a", False, 10.0)]) == 0
+    assert write_rows(engine, [row("a", True, 10.0, acked_version="v0")]) == 0
+    assert _connected(engine) == {("p1", "cds"): ("b", True)}
+    # b's own updates go through; so does a takeover after b's stream ended
+    assert write_rows(engine, [row("b", True, 20.0, acked_version="v2")]) == 1
+    assert write_rows(engine, [row("b", False, 20.0)]) == 1
+    assert write_rows(engine, [row("a", True, 30.0)]) == 1
+    assert _connected(engine) == {("p1", "cds"): ("a", True)}
+    # a newer stream takes over a row a dead replica left "connected"
+    assert write_rows(engine, [row("c", True, 40.0)]) == 1
+    assert _connected(engine) == {("p1", "cds"): ("c", True)}
+    # a removed proxy gets no orphan row
+    assert write_rows(engine, [{**row("c", True, 40.0), "proxy": "ghost"}]) == 0

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, insert, or_, select, update
 
 from meshgate.store import schema
 
@@ -20,8 +20,23 @@ COLUMNS = tuple(c.name for c in schema.proxy_status.columns)
 _JSON = ("nack_resources", "nack_sources", "acked_roots")
 
 
+def _held_elsewhere(t: Any, values: Mapping[str, Any]) -> Any:
+    """Replicas: a row another replica holds for a newer stream is not ours to write.
+
+    A proxy that moved from replica A to B must not be shown disconnected (or
+    on A) by a late write from A: A may write over its own rows, rows nobody
+    holds, and, when connected, rows of an older stream (a dead replica's).
+    """
+    replica = values.get("replica")
+    mine = or_(t.c.replica.is_(None), t.c.replica == replica, t.c.connected.is_not(True))
+    if not values.get("connected") or values.get("connected_since") is None:
+        return mine
+    return or_(mine, t.c.connected_since.is_(None),
+               t.c.connected_since <= values["connected_since"])
+
+
 def write_rows(engine: Engine, rows: Iterable[Mapping[str, Any]]) -> int:
-    """Upsert rows keyed by (proxy, type) in one transaction; returns how many."""
+    """Upsert rows keyed by (proxy, type) in one transaction; returns how many written."""
     t = schema.proxy_status
     n = 0
     with engine.begin() as conn:
@@ -30,13 +45,16 @@ def write_rows(engine: Engine, rows: Iterable[Mapping[str, Any]]) -> int:
                       for k, v in row.items() if k in t.c}
             key = (t.c.proxy == values["proxy"]) & (t.c.type == values["type"])
             rest = {k: v for k, v in values.items() if k not in ("proxy", "type")}
-            if conn.execute(update(t).where(key).values(**rest)).rowcount == 0:
-                # the proxy may have been removed meanwhile: no orphan rows
-                if conn.execute(
-                    select(schema.proxies.c.name).where(schema.proxies.c.name == values["proxy"])
-                ).first() is not None:
-                    conn.execute(insert(t).values(**values))
-            n += 1
+            if conn.execute(update(t).where(key, _held_elsewhere(t, values)).values(**rest)).rowcount:
+                n += 1
+            elif conn.execute(select(t.c.proxy).where(key)).first() is not None:
+                continue  # another replica holds this proxy's stream now
+            # the proxy may have been removed meanwhile: no orphan rows
+            elif conn.execute(
+                select(schema.proxies.c.name).where(schema.proxies.c.name == values["proxy"])
+            ).first() is not None:
+                conn.execute(insert(t).values(**values))
+                n += 1
     return n
 
 
