@@ -1,0 +1,198 @@
+"""Asking the real Envoy whether it accepts a proxy's config (`envoy --mode validate`).
+
+    failures = validate_world(world, ["orders-1", "public"])   # [(proxy, Envoy's reason)]
+
+Each proxy's translated resources become one static bootstrap, because
+`--mode validate` reads only a bootstrap (ENVOY_NOTES.md, measured on 1.40):
+- EDS clusters become STATIC with their ClusterLoadAssignment inlined (Envoy
+  applies the same address checks to both);
+- listeners' RDS references become the inline route configuration;
+- SDS references lose their `sds_config` (Envoy 1.40's validate mode segfaults
+  on secrets fetched over ADS) and static secrets with the same names hold a
+  throwaway self-signed certificate: the config's shape is checked, not the
+  mesh's certificates.
+Proxies whose bootstraps are the same bytes (but for the node id) are checked
+once. Envoy runs as a child process, a few at a time, each stopped by its PID
+when it overruns the timeout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from meshgate.model import World
+from meshgate.xds import types
+from meshgate.xds.translate.generated import Generated
+
+TIMEOUT_S = 60.0
+JOBS = 2
+_CERT_FIELDS = ("tlsCertificateSdsSecretConfigs",)
+_CA_FIELDS = ("validationContextSdsSecretConfig",)
+
+
+@lru_cache(maxsize=1)
+def throwaway_pair() -> tuple[str, str]:
+    """A self-signed CA certificate and key (PEM) standing in for every secret."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshgate validate")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return (
+        cert.public_bytes(serialization.Encoding.PEM).decode(),
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                          serialization.NoEncryption()).decode(),
+    )
+
+
+def _to_json(g: Generated) -> dict[str, Any]:
+    return json_format.MessageToDict(g.message, preserving_proto_field_name=False)
+
+
+def _strip_sds(node: Any, certs: set[str], cas: set[str]) -> None:
+    """Drop every `sdsConfig` and note which secret names hold certificates or CAs."""
+    if isinstance(node, dict):
+        node.pop("sdsConfig", None)
+        for k, v in node.items():
+            if k in _CERT_FIELDS:
+                certs.update(x.get("name", "") for x in v)
+            elif k in _CA_FIELDS:
+                cas.add(v.get("name", ""))
+            _strip_sds(v, certs, cas)
+    elif isinstance(node, list):
+        for v in node:
+            _strip_sds(v, certs, cas)
+
+
+def _inline_rds(node: Any, routes: dict[str, dict[str, Any]]) -> None:
+    if isinstance(node, dict):
+        rds = node.get("rds")
+        if isinstance(rds, dict) and "routeConfigName" in rds:
+            del node["rds"]
+            name = rds["routeConfigName"]
+            node["routeConfig"] = routes.get(name, {"name": name})
+        for v in node.values():
+            _inline_rds(v, routes)
+    elif isinstance(node, list):
+        for v in node:
+            _inline_rds(v, routes)
+
+
+def static_bootstrap(proxy: str, resources: Iterable[Generated]) -> dict[str, Any]:
+    """One proxy's resources as a bootstrap Envoy can `--mode validate` (see module doc)."""
+    by_type: dict[str, list[Generated]] = {}
+    for g in resources:
+        by_type.setdefault(g.type_url, []).append(g)
+    endpoints = {g.name: _to_json(g) for g in by_type.get(types.ENDPOINT, [])}
+    routes = {g.name: _to_json(g) for g in by_type.get(types.ROUTE, [])}
+    clusters = []
+    for g in by_type.get(types.CLUSTER, []):
+        c = _to_json(g)
+        if c.get("type") == "EDS" or "edsClusterConfig" in c:
+            c.pop("edsClusterConfig", None)
+            c["type"] = "STATIC"
+            c["loadAssignment"] = endpoints.get(g.name, {"clusterName": g.name})
+        clusters.append(c)
+    listeners = [_to_json(g) for g in by_type.get(types.LISTENER, [])]
+    _inline_rds(listeners, routes)
+    certs: set[str] = set()
+    cas: set[str] = set()
+    _strip_sds(clusters, certs, cas)
+    _strip_sds(listeners, certs, cas)
+    cert, key = throwaway_pair()
+    secrets = [{"name": n, "tlsCertificate": {"certificateChain": {"inlineString": cert},
+                                              "privateKey": {"inlineString": key}}} for n in sorted(certs)]
+    secrets += [{"name": n, "validationContext": {"trustedCa": {"inlineString": cert}}}
+                for n in sorted(cas - certs)]
+    return {
+        "node": {"id": proxy, "cluster": proxy},
+        "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": 0}}},
+        "staticResources": {"listeners": listeners, "clusters": clusters, "secrets": secrets},
+    }
+
+
+_LOG_PREFIX = re.compile(r"^(\[[^\]]*\]\s*)+")
+_INIT_PREFIX = re.compile(r"^error initializing configuration '[^']*':\s*")
+
+
+def envoy_reason(output: str) -> str:
+    """Envoy's complaint, from the end of its output (the reason comes last), without
+    the log prefix and the temporary file's name."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    picked = next((ln for ln in reversed(lines)
+                   if any(w in ln.lower() for w in ("error", "exception", "invalid", "malformed"))),
+                  lines[-1] if lines else "Envoy failed without a message")
+    return _INIT_PREFIX.sub("", _LOG_PREFIX.sub("", picked))[-2000:]
+
+
+def check_bootstrap(bootstrap: dict[str, Any], timeout: float = TIMEOUT_S) -> str | None:
+    """None when Envoy accepts `bootstrap`, else its reason."""
+    from meshgate.fleet.envoy import find_envoy
+
+    with tempfile.TemporaryDirectory(prefix="meshgate-validate-") as tmp:
+        path = Path(tmp) / "bootstrap.json"
+        path.write_text(json.dumps(bootstrap))
+        proc = subprocess.Popen(
+            [find_envoy(), "--mode", "validate", "-c", str(path), "--disable-hot-restart",
+             "--concurrency", "1", "-l", "error"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return f"Envoy did not finish validating within {timeout:.0f} s"
+    if proc.returncode == 0:
+        return None
+    if proc.returncode < 0:
+        return f"Envoy crashed (signal {-proc.returncode}) while validating: {envoy_reason(out)}"
+    return envoy_reason(out)
+
+
+def validate_world(world: World, proxies: Iterable[str], jobs: int = JOBS) -> list[tuple[str, str]]:
+    """[(proxy, reason)] for every proxy whose config Envoy rejects (translation
+    failures count as rejections, with their own message)."""
+    from meshgate.errors import MeshgateError
+    from meshgate.xds.translate import WorldIndex, translate_proxy
+
+    index = WorldIndex(world)
+    failures: list[tuple[str, str]] = []
+    groups: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    for name in proxies:
+        try:
+            b = static_bootstrap(name, translate_proxy(world, name, index=index))
+        except MeshgateError as exc:
+            failures.append((name, f"cannot translate: {exc}"))
+            continue
+        digest = hashlib.sha256(json.dumps({**b, "node": {}}, sort_keys=True).encode()).hexdigest()
+        groups.setdefault(digest, (b, []))[1].append(name)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        results = list(pool.map(lambda item: (item[1], check_bootstrap(item[0])), groups.values()))
+    for names, reason in results:
+        if reason is not None:
+            failures += [(n, reason) for n in names]
+    return sorted(failures)
