@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 
@@ -20,6 +21,7 @@ from meshgate.store.edge_certs import (
     remove_cert,
 )
 from meshgate.store.txn import write
+from meshgate.store.world import trust_roots
 
 CERT_COLUMNS = ("gateway", "host", "not_after", "expires_in_days", "issuer", "dns_names")
 
@@ -86,22 +88,28 @@ def import_(ctx: CliContext, gateway: str, host: str, cert_file: str | None,
 @click.option("--host", required=True, help="Host name (DNS name of the certificate).")
 @click.option("--days", type=INT, default=DEV_CERT_DAYS, show_default=True,
               help="Lifetime in days (1-397).")
+@click.option("--ca-out", metavar="FILE",
+              help="Also write the mesh root certificate(s) here, for clients (curl --cacert FILE).")
 @pass_ctx
-def issue(ctx: CliContext, gateway: str, host: str, days: int) -> None:
+def issue(ctx: CliContext, gateway: str, host: str, days: int, ca_out: str | None) -> None:
     """Issue a development certificate for a host from the mesh CA.
 
-    Clients trust it only with the mesh root (`meshgate ca show --pem`); use
-    `edge cert import` with a public certificate in production.
+    Clients trust it only with the mesh root (`--ca-out`); use `edge cert
+    import` with a publicly trusted certificate in production.
 
     \b
     Examples:
-        meshgate edge cert issue --gateway public --host api.example.com
+        meshgate edge cert issue --gateway public --host api.example.com --ca-out mesh-root.pem
+        curl --cacert mesh-root.pem https://api.example.com:8443/orders
     """
     if not isinstance(days, int) or not 1 <= days <= 397:
         raise ValidationError([Violation("days", f"{days!r} is not a whole number 1-397")])
     box = load_keybox(resolve_url(ctx.db))
     with write(ctx.engine, f"edge cert issue {gateway} {host}", ctx.actor) as w:
         info = issue_dev_cert(w, box, gateway, host, time.time(), days)
+        roots = "".join(trust_roots(w.conn))
+    if ca_out is not None:
+        Path(ca_out).write_text(roots)
     click.echo(f'development certificate for {info.host} on "{gateway}" issued by the mesh CA '
                f"(revision {w.revision}), expires {info.view()['not_after']}")
 

@@ -227,7 +227,7 @@ def issue_dev_cert(
     w: Write, keybox: KeyBox, gateway: str, host: Any, now: float, days: int = DEV_CERT_DAYS
 ) -> CertInfo:
     """A certificate for `host` from the mesh's active CA (development: browsers and
-    curl trust it only with the mesh root, `meshgate ca show --pem`)."""
+    curl trust it only with the mesh root, `edge cert issue --ca-out`)."""
     from meshgate.ca.errors import CaNotInitialized
     from meshgate.store.ca import list_cas
 
