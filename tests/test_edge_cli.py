@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -343,3 +344,37 @@ def test_migration_adds_claims_to_an_older_database(initialized: Invoke, db_path
     cols = [r[1] for r in conn.execute("PRAGMA table_info(v_edge_routes)")]
     assert cols[-1] == "claims"
     assert "claims" in [r[1] for r in conn.execute("PRAGMA table_info(edge_routes)")]
+
+
+def test_sds_gives_a_gateway_its_own_certificates_only(mesh: Invoke, db_path: Path) -> None:
+    """The server's secret provider: host keys opened for the owning gateway, never
+    for another gateway or a sidecar."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from meshgate.ca.identity import IdentityIssuer
+    from meshgate.ca.keys import load_keybox
+    from meshgate.store.db import open_store
+    from meshgate.store.world import load_world
+    from meshgate.xds.secrets import IssuerSecretProvider
+
+    for args in (("edge", "cert", "issue", "--gateway", "public", "--host", "api.example.com"),
+                 ("edge", "add", "other", "--listen", "127.0.0.1:9443"),
+                 ("edge", "cert", "issue", "--gateway", "other", "--host", "other.example.com"),
+                 ("proxy", "add", "orders-1", "--service", "orders")):
+        assert mesh(*args).exit_code == 0
+    engine = open_store(str(db_path))
+    try:
+        world = load_world(engine)
+        provider = IssuerSecretProvider(IdentityIssuer(engine, load_keybox(str(engine.url))))
+        mine = provider.secrets_for(world.proxies["public"], world, time.time())
+        assert sorted(mine) == ["edge-cert/api.example.com", "edge-client-ca", "identity", "trust-bundle"]
+        tls_cert = mine["edge-cert/api.example.com"].tls_certificate
+        key = load_pem_private_key(tls_cert.private_key.inline_string.encode(), None)
+        leaf = x509.load_pem_x509_certificate(tls_cert.certificate_chain.inline_string.encode())
+        assert key.public_key().public_numbers() == leaf.public_key().public_numbers()  # type: ignore[union-attr]
+        other = provider.secrets_for(world.proxies["other"], world, time.time())
+        assert sorted(other) == ["edge-cert/other.example.com", "identity", "trust-bundle"]
+        sidecar = provider.secrets_for(world.proxies["orders-1"], world, time.time())
+        assert sorted(sidecar) == ["identity", "trust-bundle"]
+    finally:
+        engine.dispose()

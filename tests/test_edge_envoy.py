@@ -11,9 +11,11 @@ tests/test_edge_e2e.py runs the same path through `meshgate serve`.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,7 @@ class Edge:
     clients: MeshCa
     workdir: Path
     gateway: EnvoyProcess
+    remote: Signer
 
     def get(self, path: str, **kw: object) -> Reply:
         return https(self.port, path, ca_pem=self.mesh_root, **kw)  # type: ignore[arg-type]
@@ -70,6 +73,8 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     (wd / "clients.pem").write_text(clients.pem)
     port, redirect_port, inbound = free_port(), free_port(), free_port()
     app = App("orders").start()
+    remote = Signer.es256(kid="remote-1")
+    jwks_server = _serve_jwks(jwks(remote))
     gw = sc = None
     try:
         for args in (
@@ -93,6 +98,10 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
              "--to", "orders", "--auth", "mtls", "--claim", "san=spiffe://clients.example/bot-1"),
             ("edge", "route", "add", "public", "--host", "machines.example.com", "--prefix", "/",
              "--to", "orders", "--auth", "mtls"),
+            ("jwt", "add", "remote", "--issuer", "https://idp.example.com/", "--audience", AUDIENCE,
+             "--jwks-uri", f"http://127.0.0.1:{jwks_server.server_address[1]}/jwks.json"),
+            ("edge", "route", "add", "public", "--host", "api.example.com", "--prefix", "/remote",
+             "--to", "orders", "--auth", "jwt:remote"),
         ):
             _cli(db, *args)
         engine = open_store(str(db))
@@ -122,12 +131,35 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         gw.wait_live()
         sc.wait_live()
         engine.dispose()
-        yield Edge(port, redirect_port, issuer.trust_bundle_pem(), es, rs, clients, wd, gw)
+        yield Edge(port, redirect_port, issuer.trust_bundle_pem(), es, rs, clients, wd, gw, remote)
     finally:
         for p in (gw, sc):
             if p is not None:
                 p.stop()
         app.stop()
+        jwks_server.shutdown()
+        jwks_server.server_close()
+
+
+def _serve_jwks(body: str) -> ThreadingHTTPServer:
+    """An identity provider's JWKS endpoint on loopback (what --jwks-uri points at)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+        def do_GET(self) -> None:
+            data = body.encode()
+            self.send_response(200 if self.path == "/jwks.json" else 404)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def test_valid_tokens_reach_the_service(edge: Edge) -> None:
@@ -243,3 +275,11 @@ def test_http2_is_offered_and_http_redirects_to_https(edge: Edge) -> None:
     assert resp.status == 301
     assert resp.getheader("location") == f"https://api.example.com:{edge.port}/orders/1?x=1"
     conn.close()
+
+
+def test_remote_jwks_is_fetched_by_the_gateway(edge: Edge) -> None:
+    r = edge.get("/remote/x", token=edge.remote.token())
+    assert r.status == 200, r
+    # the local provider's keys are not the remote provider's
+    assert edge.get("/remote/x", token=edge.es.token()).status == 401
+    assert edge.get("/orders/x", token=edge.remote.token()).status == 401
