@@ -42,7 +42,12 @@ def serve(ctx: CliContext, listen: str, insecure_plaintext_loopback: bool, admin
 
     cfg = ServeConfig(listen=listen, insecure_plaintext_loopback=insecure_plaintext_loopback, admin=admin,
                       server_names=server_names, replica=replica)
-    check_listen(cfg)
+    from meshgate.xds.errors import XdsError
+
+    try:
+        check_listen(cfg)
+    except XdsError as exc:
+        raise click.UsageError(str(exc)) from exc
     engine = ctx.engine
     configure(log_level)
 
