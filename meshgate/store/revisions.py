@@ -17,7 +17,8 @@ Never rolled back (security and runtime state, listed in the result as notes):
   a revoked proxy stays revoked, a rotated token stays rotated; a proxy that
   rollback brings back gets a NEW join token (shown once), never its old one;
 - instances that sidecars registered themselves (`source = proxy`): they
-  follow the running sidecars, not history.
+  follow the running sidecars, not history (kept; a CLI instance whose place
+  one of them took is refused, not overwritten).
 A restore that breaks a constraint (for example an instance address now taken
 by a self-registered instance) is refused with the row named; nothing changes.
 """
@@ -142,9 +143,6 @@ def _kept_back(change: dict[str, Any]) -> str | None:
         return f"ca_certs {key}: CA certificates are never rolled back (use `meshgate ca`)"
     if kind == "settings" and str(key).startswith("ca."):
         return f"settings {key}: the CA rotation state is never rolled back"
-    if kind == "instances" and any((row or {}).get("source") == "proxy"
-                                   for row in (change["before"], change["after"])):
-        return f"instances {key}: registered by its sidecar (runtime state, not rolled back)"
     if _table(kind) is None or kind not in ORDER:
         return f"{kind} {key}: not a table rollback restores"
     return None
@@ -166,6 +164,20 @@ def _fk_dependents(conn: Connection, table: Table, row: dict[str, Any]) -> list[
 def _restore(w: Any, table: Table, key: str, target: dict[str, Any] | None, res: RollbackResult) -> None:
     conn = w.conn
     now = read_row(conn, table, key)
+    if table.name == "instances":
+        # Self-registered instances follow the running sidecars, not history. Ids can
+        # be reused (SQLite), so one key may have been a CLI instance and then a runtime one.
+        now_runtime = now is not None and now.get("source") == "proxy"
+        if target is not None and target.get("source") == "proxy":
+            target = now if now_runtime or now is None else None
+        if now_runtime and target != now:
+            if target is None:
+                res.notes.append(f"instances {key}: registered by its sidecar (runtime state, kept)")
+                return
+            raise Conflict(f"its id is now a self-registered instance of proxy "
+                           f"{now.get('proxy')!r} (runtime state, never rolled back)")
+        if now is None and target is None:
+            return
     if target is not None and table.name == "proxies":
         if now is not None:  # revocation and token stay as they are now
             kept = [c for c in PROXY_SECRET_COLUMNS if now[c] != target.get(c)]
@@ -184,8 +196,8 @@ def _restore(w: Any, table: Table, key: str, target: dict[str, Any] | None, res:
     if target is None:
         for child, child_key, ondelete in _fk_dependents(conn, table, now or {}):
             if ondelete == "RESTRICT" or ondelete == "NO ACTION":
-                raise Conflict(f"cannot remove {table.name} {key!r}: {child.name} {child_key!r} still "
-                               "refers to it and is not part of the rollback")
+                raise Conflict(f"{child.name} {child_key!r} still refers to it and is not part "
+                               "of the rollback")
             before_child = read_row(conn, child, child_key)
             if ondelete == "CASCADE":
                 conn.execute(delete(child).where(key_clause(child, child_key)))
@@ -242,6 +254,9 @@ def rollback(engine: Engine, rev: int, actor: str | None = None) -> RollbackResu
             except IntegrityError as exc:
                 raise Conflict(f"cannot restore {c['kind']} {c['key']!r} as of revision {rev}: "
                                f"{exc.orig}; nothing was changed") from exc
+            except Conflict as exc:
+                raise Conflict(f"cannot restore {c['kind']} {c['key']!r} as of revision {rev}: "
+                               f"{exc}; nothing was changed") from exc
         _fix_sequences(w.conn)
         res.changes = list(w.changes)
     res.revision = w.revision
