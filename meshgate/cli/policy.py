@@ -57,6 +57,7 @@ def _headers(raw: tuple[str, ...], v: list[Violation]) -> tuple[tuple[str, str],
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             v.append(Violation(f"headers[{i}]", f'"{item}" is not NAME=VALUE'))
+            out.append(("", ""))  # keeps the positions of the others; reported above
             continue
         out.append((name.strip().lower(), value))
     return tuple(out)
@@ -119,7 +120,8 @@ def _add(ctx: CliContext, action: str, sources: tuple[str, ...], target: str,
         # a generated id is valid by construction: check the rest with a placeholder
         more = policy_violations(p if p.id else replace(p, id="x"), world,
                                  allow_unknown=allow_unknown)
-        raise ValidationError(parse_errors + more, "policy")
+        reported = {v.field for v in parse_errors}
+        raise ValidationError(parse_errors + [v for v in more if v.field not in reported], "policy")
     with write(ctx.engine, f"policy {action} {','.join(p.sources)} -> {target}", ctx.actor) as w:
         added = add_policy(w, p, allow_unknown=allow_unknown)
         default = load_world_conn(w.conn).mesh.default_action
