@@ -71,6 +71,7 @@ def test_deny_filter_runs_before_allow_filter_and_policies_are_named_by_rule_id(
     assert deny.rules.action == rbac.RBAC.DENY and list(deny.rules.policies) == ["no-admin"]
     assert allow.rules.action == rbac.RBAC.ALLOW and list(allow.rules.policies) == ["web-reads"]
     assert deny.rules_stat_prefix != allow.rules_stat_prefix
+    assert deny.track_per_rule_stats and allow.track_per_rule_stats
     # deny '*' = any caller (even without a certificate); paths fold case in deny rules
     p = deny.rules.policies["no-admin"]
     assert p.principals[0].any

@@ -225,12 +225,14 @@ def test_audit_rule_passes_and_counts_as_would_deny(
 ) -> None:
     assert inbound.envoy is not None
     stat = "http.orders.rbac.deny_audit.shadow_denied"
-    before = inbound.envoy.stat(stat)
+    per_rule = "http.orders.rbac.deny_audit.policy.audit-legacy.shadow_denied"
+    before, before_rule = inbound.envoy.stat(stat), inbound.envoy.stat(per_rule)
     assert send(inbound, clients["web"], "orders", "GET", "/api/legacy", {"x-case": "audit-count"}) == 200
     entry = log_entry(inbound, "audit-count")
     assert entry["rbac"]["deny_audit.shadow_effective_policy_id"] == "audit-legacy"
     assert entry["rbac"]["deny_audit.shadow_engine_result"] == "denied"
     assert inbound.envoy.stat(stat) == before + 1
+    assert inbound.envoy.stat(per_rule) == before_rule + 1
     decision = check(WORLD, "web", "orders", "GET", "/api/legacy")
     assert decision.allowed and decision.audit_rule_ids == ("audit-legacy",)
     assert not decision.would_allow

@@ -16,6 +16,7 @@ How the semantics map onto Envoy (docs/policy.md explains it to users):
   audit rules were enforced"; Envoy counts that as `shadow_allowed` /
   `shadow_denied` under the filter's shadow prefix and names the deciding
   rule in dynamic metadata. Shadow rules exist only when audit rules do.
+  HTTP filters also count per rule (`...rbac.deny_audit.policy.<id>.shadow_denied`).
 - Principals are the caller's mTLS identity (URI SAN): `spiffe://<td>/svc/<name>`
   or `spiffe://<td>/edge/<gateway>`. '*' in an allow rule is any mesh identity
   (prefix `spiffe://<td>/`); '*' in a deny rule is any caller at all, so a
@@ -186,7 +187,9 @@ def http_rbac_filters(world: World, service: str) -> list[hcm.HttpFilter]:
     """RBAC filters for `service`'s inbound HTTP connection manager, before the router."""
     filters = []
     for name, live, shadow in compiled_rbac(world, service, http=True):
-        cfg = http_rbac.RBAC(rules_stat_prefix=STAT_PREFIX[name])
+        # per-rule counters: http.<hcm>.rbac.<prefix>policy.<rule id>.{allowed,denied,
+        # shadow_allowed,shadow_denied}, so each audit rule's would-deny count is visible
+        cfg = http_rbac.RBAC(rules_stat_prefix=STAT_PREFIX[name], track_per_rule_stats=True)
         if live is not None:
             cfg.rules.CopyFrom(live)
         if shadow is not None:
