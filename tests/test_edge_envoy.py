@@ -91,13 +91,16 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
             ("edge", "route", "add", "public", "--host", "api.example.com", "--prefix", "/admin",
              "--to", "orders", "--auth", "jwt:idp", "--claim", "role=admin"),
             ("edge", "route", "add", "public", "--host", "api.example.com", "--prefix", "/limited",
-             "--to", "orders", "--auth", "none", "--rate", "3/m"),
+             "--to", "orders", "--auth", "none", "--rate", "3/m", "--id", "limited"),
             ("edge", "route", "add", "public", "--host", "api.example.com", "--prefix", "/public",
              "--to", "orders", "--auth", "none"),
             ("edge", "route", "add", "public", "--host", "api.example.com", "--prefix", "/bots",
              "--to", "orders", "--auth", "mtls", "--claim", "san=spiffe://clients.example/bot-1"),
             ("edge", "route", "add", "public", "--host", "machines.example.com", "--prefix", "/",
              "--to", "orders", "--auth", "mtls"),
+            ("edge", "route", "add", "public", "--host", "api.example.com", "--prefix", "/scoped",
+             "--to", "orders", "--auth", "jwt:idp", "--claim", "scope=orders:write",
+             "--claim", "email_verified=true"),
             ("jwt", "add", "remote", "--issuer", "https://idp.example.com/", "--audience", AUDIENCE,
              "--jwks-uri", f"http://127.0.0.1:{jwks_server.server_address[1]}/jwks.json"),
             ("edge", "route", "add", "public", "--host", "api.example.com", "--prefix", "/remote",
@@ -283,3 +286,31 @@ def test_remote_jwks_is_fetched_by_the_gateway(edge: Edge) -> None:
     # the local provider's keys are not the remote provider's
     assert edge.get("/remote/x", token=edge.es.token()).status == 401
     assert edge.get("/orders/x", token=edge.remote.token()).status == 401
+
+
+def test_token_in_query_parameter_and_typed_claims(edge: Edge) -> None:
+    assert edge.get("/orders/1?access_token=" + edge.es.token()).status == 200
+    ok = {"scope": "orders:read orders:write", "email_verified": True}
+    assert edge.get("/scoped/x", token=edge.es.token(ok)).status == 200
+    assert edge.get("/scoped/x", token=edge.es.token({**ok, "scope": "orders:read"})).status == 403
+    assert edge.get("/scoped/x", token=edge.es.token({**ok, "email_verified": False})).status == 403
+    assert edge.get("/scoped/x", token=edge.es.token({**ok, "email_verified": "true"})).status == 200
+
+
+def test_denials_are_counted_under_edge_stat_names(edge: Edge) -> None:
+    edge.get("/orders/1")  # 401
+    edge.get("/admin/x", token=edge.es.token({"role": "viewer"}))  # 403
+    for _ in range(4):
+        edge.get("/limited")  # 3/m: at least one 429 whatever ran before
+    assert edge.gateway.stat("http.edge_https.jwt_authn.denied") >= 1
+    assert edge.gateway.stat("http.edge_https.rbac.edge_route.denied") >= 1
+    assert edge.gateway.stat("edge_rate.limited.http_local_rate_limit.rate_limited") >= 1
+
+
+@pytest.mark.parametrize("path,status", [
+    ("/public/../orders/1", 401), ("/%6Frders/1", 401), ("//orders/1", 401),
+    ("/public/..%2Forders/1", 400), ("/Orders/1", 404),
+])
+def test_path_tricks_cannot_skip_authentication(edge: Edge, path: str, status: int) -> None:
+    """/public needs no token, /orders does: normalization runs before routing."""
+    assert edge.get(path).status == status

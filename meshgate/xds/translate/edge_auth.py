@@ -144,7 +144,7 @@ def ratelimit_route_config(route: EdgeRoute) -> any_pb2.Any | None:
         return None
     return pack(
         lrl.LocalRateLimit(
-            stat_prefix=f"route_{route.id}",
+            stat_prefix=f"edge_rate.{route.id}",  # edge_rate.<id>.http_local_rate_limit.rate_limited
             token_bucket=token_bucket_pb2.TokenBucket(
                 max_tokens=route.rate.requests,
                 tokens_per_fill=wrappers_pb2.UInt32Value(value=route.rate.requests),
