@@ -217,3 +217,69 @@ def test_admin_api_metrics_and_top_agree(mesh: Mesh) -> None:
     r = mesh.cli("top", "--once", "--admin", admin)
     assert r.exit_code == 0, r.output
     assert "web" in r.output and "orders" in r.output and f"{TOTAL}" in r.output
+
+
+def test_tcp_denial_is_logged_with_its_rule_and_allowed_connections_are_not(
+        tmp_path: Path) -> None:
+    """Network RBAC (compiled from a real policy) on a tcp service: the denied
+    connection reaches the store with its rule id; a connection through an
+    unguarded listener with the same access log is not sent at all."""
+    import socket
+
+    from google.protobuf import json_format
+    from telemetry_support import bootstrap, static_cluster
+
+    from meshgate.fleet.app import App
+    from meshgate.fleet.envoy import EnvoyProcess, free_port
+    from meshgate.policy.compile import network_rbac_filters
+    from meshgate.store.world import load_world
+    from meshgate.telemetry.envoy_config import denied_tcp_access_log
+
+    db = tmp_path / "tcp.db"
+    runner = CliRunner()
+    for args in (["init", "--trust-domain", "example.org"],
+                 ["service", "add", "db", "--protocol", "tcp", "--port", "5432"],
+                 ["policy", "deny", "--from", "*", "--to", "db", "--id", "deny-db"]):
+        r = runner.invoke(cli, ["--db", str(db), *args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+    engine = open_store(str(db))
+    rbac = [json.loads(json_format.MessageToJson(f))
+            for f in network_rbac_filters(load_world(engine), "db")]
+    log = json.loads(json_format.MessageToJson(denied_tcp_access_log("meshgate", "db")))
+
+    def tcp_listener(name: str, port: int, filters: list[dict[str, Any]]) -> dict[str, Any]:
+        proxy = {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": name, "cluster": "local_app", "access_log": [log]}}
+        return {"name": name, "address": {"socket_address": {"address": "127.0.0.1",
+                                                             "port_value": port}},
+                "filter_chains": [{"filters": [*filters, proxy]}]}
+
+    guarded, open_port = free_port(), free_port()
+    ts = TelemetryServer(engine=engine).start()
+    app = App("db").start()
+    envoy = EnvoyProcess(bootstrap("db-1", "db", ts.grpc_port,
+                                   [tcp_listener("inbound", guarded, rbac),
+                                    tcp_listener("open", open_port, [])],
+                                   [static_cluster("local_app", app.port)], telemetry=True),
+                         tmp_path, "db-1")
+    try:
+        envoy.start().wait_live()
+        replies = {}
+        for port in (guarded, open_port):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(b"GET /x HTTP/1.1\r\nhost: db\r\nconnection: close\r\n\r\n")
+                replies[port] = s.recv(100)
+        assert replies[guarded] == b"" and replies[open_port].startswith(b"HTTP/1.1 200")
+        _wait("tcp denial", lambda: ts.call(ts.hub.denials))
+        ts.flush_denials()
+        (row,) = denial_store.read(engine)
+        assert (row["proxy"], row["callee"], row["rule_id"], row["method"]) == (
+            "db-1", "db", "deny-db", None)
+        time.sleep(1.5)  # one more access-log flush (1 s): the allowed connection stays out
+        assert ts.call(lambda: ts.hub.log_entries) == 1
+    finally:
+        envoy.stop()
+        app.stop()
+        ts.stop()
+        engine.dispose()

@@ -346,4 +346,6 @@ def test_access_log_is_filtered_in_envoy() -> None:
     assert len(no_audit.filter.or_filter.filters) == 3
     tcp = envoy_config.denied_tcp_access_log("meshgate", "db")
     assert tcp.name == "envoy.access_loggers.tcp_grpc"
-    assert tcp.filter.WhichOneof("filter_specifier") == "response_flag_filter"
+    flag, cel = tcp.filter.or_filter.filters
+    assert flag.WhichOneof("filter_specifier") == "response_flag_filter"
+    assert cel.extension_filter.name == "envoy.access_loggers.extension_filters.cel"

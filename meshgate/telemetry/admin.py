@@ -4,7 +4,8 @@
     GET /metrics          Prometheus text format (the server's own registry)
     GET /api/edges        one row per caller -> callee edge (`meshgate top` reads this)
     GET /api/services     per service, with the store's services and gateways as nodes
-    GET /api/proxies      per proxy: ADS status per type (ACK/NACK), certificate expiry
+    GET /api/proxies      per proxy: ADS status per type (ACK/NACK), certificate expiry;
+                          and the mesh CA certificates' expiry
     GET /api/denials      recent denied attempts (?since=SECONDS&limit=N), newest first
     GET /api/failures     recent failed requests (memory only)
 
@@ -109,10 +110,15 @@ async def services_view(request: web.Request) -> web.Response:
         rows.values(), key=lambda r: r["service"])})
 
 
-def _store_proxies(engine: Engine) -> list[dict[str, Any]]:
-    from meshgate.store.schema import proxies, proxy_status
+def _store_proxies(engine: Engine) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Proxies with their per-type xDS state, and the CA certificates in use."""
+    from meshgate.store.schema import ca_certs, proxies, proxy_status
 
     with engine.connect() as conn:
+        cas = [{"fingerprint": r.fingerprint, "status": r.status, "not_after": r.not_after}
+               for r in conn.execute(select(ca_certs.c.fingerprint, ca_certs.c.status,
+                                            ca_certs.c.not_after)
+                                     .where(ca_certs.c.status != "retired"))]
         rows = {r.name: {"proxy": r.name, "kind": r.kind, "service": r.service,
                          "revoked": bool(r.revoked), "connected": False, "types": {}}
                 for r in conn.execute(select(proxies.c.name, proxies.c.kind, proxies.c.service,
@@ -137,15 +143,16 @@ def _store_proxies(engine: Engine) -> list[dict[str, Any]]:
                 "nack_detail": m["nack_detail"] if nacked else None,
                 "last_seen": m["last_seen"],
             }
-    return list(rows.values())
+    return list(rows.values()), cas
 
 
 async def proxies_view(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     metrics = request.app[METRICS]
     engine = request.app[ENGINE]
-    rows = {r["proxy"]: r for r in (await asyncio.to_thread(_store_proxies, engine)
-                                    if engine is not None else [])}
+    stored, cas = (await asyncio.to_thread(_store_proxies, engine)) if engine is not None \
+        else ([], [])
+    rows = {r["proxy"]: r for r in stored}
     for t in hub.proxy_rows():
         row = rows.setdefault(t["proxy"], {"proxy": t["proxy"], "kind": None,
                                            "service": t["service"], "revoked": False,
@@ -156,7 +163,8 @@ async def proxies_view(request: web.Request) -> web.Response:
         row["envoy_cert_expiry"] = t["cert_expiry"]
     for name, row in rows.items():
         row["cert_expiry"] = metrics.cert_not_after.get(name) or row.get("envoy_cert_expiry")
-    return _json({"at": time.time(), "proxies": sorted(rows.values(), key=lambda r: r["proxy"])})
+    return _json({"at": time.time(), "proxies": sorted(rows.values(), key=lambda r: r["proxy"]),
+                  "ca": cas})
 
 
 async def denials_view(request: web.Request) -> web.Response:
@@ -187,11 +195,20 @@ async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
 def make_app(hub: TelemetryHub, engine: Engine | None = None,
              metrics: ControlPlaneMetrics | None = None) -> web.Application:
     """The admin application; `engine` adds the store's view (proxies, denials)."""
+    app = web.Application()
+    add_routes(app, hub, engine, metrics)
+    return app
+
+
+def add_routes(app: web.Application, hub: TelemetryHub, engine: Engine | None = None,
+               metrics: ControlPlaneMetrics | None = None) -> None:
+    """Mount the dashboard, /metrics and /api/* on an existing application
+    (`meshgate serve`'s admin app); call before the app starts."""
     if metrics is None:
         metrics = ControlPlaneMetrics(hub)
     else:
         metrics.attach_hub(hub)
-    app = web.Application(middlewares=[_headers])
+    app.middlewares.append(_headers)
     app[HUB] = hub
     app[ENGINE] = engine
     app[METRICS] = metrics
@@ -203,7 +220,6 @@ def make_app(hub: TelemetryHub, engine: Engine | None = None,
     app.router.add_get("/api/proxies", proxies_view)
     app.router.add_get("/api/denials", denials_view)
     app.router.add_get("/api/failures", failures_view)
-    return app
 
 
 async def start_admin(app: web.Application, host: str = "127.0.0.1",

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2
 from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
@@ -32,6 +33,8 @@ HTTP_GRPC_LOGGER = "envoy.access_loggers.http_grpc"
 TCP_GRPC_LOGGER = "envoy.access_loggers.tcp_grpc"
 RBAC_HTTP_FILTER = "envoy.filters.http.rbac"
 MIN_STATUS_RUNTIME_KEY = "meshgate.access_log.min_status"
+CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
+_TCP_DENIED_CEL = "connection.termination_details.startsWith('rbac_access_denied')"
 AUDIT_DENY_PREFIXES: tuple[str, ...] = (SHADOW_STAT_PREFIX[DENY_FILTER],)
 
 # Request-time buckets (ms): fine where service latencies live, coarse above.
@@ -192,13 +195,20 @@ def denied_tcp_access_log(
     initial_metadata: Sequence[tuple[str, str]] = (),
     flush_ms: int = 1000,
 ) -> accesslog_pb2.AccessLog:
-    """A TCP proxy (or listener) access log sending only connections with a response flag.
+    """A TCP proxy access log sending only denied or failed connections.
 
-    Network RBAC denials and upstream connect failures set a response flag
-    (UAEX/UF/UH ...); the entry's `connection_termination_details` carries
-    `rbac_access_denied_matched_policy[<rule id>]` for RBAC denials.
+    A network RBAC denial sets no response flag (measured, Envoy 1.40): it
+    leaves `connection_termination_details` =
+    `rbac_access_denied_matched_policy[<rule id>]`, which only a CEL filter
+    can see. Upstream failures (UF, UH ...) set a response flag.
     """
     config = als_pb2.TcpGrpcAccessLogConfig(
         common_config=_grpc_common(cluster_name, log_name, initial_metadata, flush_ms))
+    denied = accesslog_pb2.AccessLogFilter(extension_filter=accesslog_pb2.ExtensionFilter(
+        name=CEL_FILTER,
+        typed_config=_packed(cel_pb2.ExpressionFilter(expression=_TCP_DENIED_CEL))))
     return accesslog_pb2.AccessLog(
-        name=TCP_GRPC_LOGGER, filter=_any_response_flag(), typed_config=_packed(config))
+        name=TCP_GRPC_LOGGER,
+        filter=accesslog_pb2.AccessLogFilter(or_filter=accesslog_pb2.OrFilter(
+            filters=[_any_response_flag(), denied])),
+        typed_config=_packed(config))

@@ -42,11 +42,14 @@ async def _identify(context: grpc.aio.ServicerContext, hub: TelemetryHub, stream
     if not node_id:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                             f"{stream}: the first message must carry identifier.node.id")
-    if not hub.authenticate(node_id, _metadata(context), stream):
-        log.warning("%s stream from %r (%s) refused: not authenticated", stream, node_id,
-                    context.peer())
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                            f"{stream}: proxy {node_id!r} is not authenticated")
+    try:
+        ok, reason = hub.authenticate(node_id, _metadata(context), stream), ""
+    except Exception as exc:  # noqa: BLE001 - the check says why it refused
+        ok, reason = False, str(exc)
+    if not ok:
+        reason = reason or f"proxy {node_id!r} is not authenticated"
+        log.warning("%s stream from %r (%s) refused: %s", stream, node_id, context.peer(), reason)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{stream}: {reason}")
 
 
 class MetricsReceiver:

@@ -187,7 +187,7 @@ function pill(text, cls, title) {
 
 function render(data) {
   const now = Date.now() / 1000;
-  const {services, edges, proxies, denials, window} = data;
+  const {services, edges, proxies, denials, window, ca} = data;
   document.getElementById("window").textContent = `(last ${window}s)`;
   drawGraph(document.getElementById("graph"), services, edges, now);
   const rps = edges.reduce((a, e) => a + e.rps, 0);
@@ -195,10 +195,13 @@ function render(data) {
   const recentDenied = edges.reduce((a, e) => a + e.denied, 0);
   const summary = document.getElementById("summary");
   summary.replaceChildren();
-  for (const [v, label] of [[services.length, "services"], [`${connected}/${proxies.length}`, "proxies connected"],
-                            [fmtRps(rps), "requests/s"], [recentDenied, "denied (window)"]]) {
-    const d = el("div");
-    d.append(el("b", {}, String(v)), el("span", {}, label));
+  const active = (ca || []).filter(c => c.status === "active");
+  const caExp = active.length ? fmtIn(Math.min(...active.map(c => c.not_after)), now) : {text: "–", cls: ""};
+  for (const [v, label, cls] of [[services.length, "services"], [`${connected}/${proxies.length}`, "proxies connected"],
+                                 [fmtRps(rps), "requests/s"], [recentDenied, "denied (window)"],
+                                 [caExp.text, "mesh CA expires", caExp.cls]]) {
+    const d = el("div", {id: "summary-" + label.split(" ")[0]});
+    d.append(el("b", {class: cls || ""}, String(v)), el("span", {}, label));
     summary.append(d);
   }
   fillTable("edges", edges, e => [
@@ -238,7 +241,7 @@ async function refresh() {
       getJSON("/api/denials?limit=50"),
     ]);
     render({services: s.services, edges: e.edges, proxies: p.proxies, denials: d.denials,
-            window: e.window_seconds});
+            window: e.window_seconds, ca: p.ca});
     status.textContent = "updated " + new Date().toLocaleTimeString();
     status.className = "status";
     document.body.dataset.loaded = "1";
