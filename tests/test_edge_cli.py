@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import sqlite3
@@ -281,9 +282,11 @@ def test_cert_import_replace_and_list(mesh: Invoke, tmp_path: Path, db_path: Pat
     assert r.exit_code == 0, r.output
     (change,) = _changes(db_path, _last_revision(db_path))
     assert (change["kind"], change["key"], change["op"]) == ("edge_certs", "public/api.example.com", "add")
-    assert change["after"]["key_encrypted"] == "(redacted)"
     raw = sqlite3.connect(db_path).execute("SELECT key_encrypted FROM edge_certs").fetchone()[0]
     assert raw.startswith(b"MGK1") and b"PRIVATE KEY" not in raw  # sealed, never in the clear
+    # the revision holds the sealed blob as stored (so rollback can restore it), never the key
+    assert base64.b64decode(change["after"]["key_encrypted"]) == raw
+    assert "PRIVATE KEY" not in json.dumps(change)
     c2, k2 = _server_cert(tmp_path, days=60)
     assert mesh("edge", "cert", "import", "--gateway", "public", "--host", "api.example.com",
                 "--cert", str(c2), "--key", str(k2)).exit_code == 0
@@ -378,3 +381,27 @@ def test_sds_gives_a_gateway_its_own_certificates_only(mesh: Invoke, db_path: Pa
         assert sorted(sidecar) == ["identity", "trust-bundle"]
     finally:
         engine.dispose()
+
+
+def test_rollback_brings_a_removed_certificate_back_whole(mesh: Invoke, tmp_path: Path, db_path: Path) -> None:
+    from meshgate.ca.keys import load_keybox
+    from meshgate.store.db import open_store
+    from meshgate.store.revisions import rollback
+    from meshgate.store.world import load_world
+    from meshgate.xds.translate.edge import edge_secrets
+
+    c, k = _server_cert(tmp_path)
+    assert mesh("edge", "cert", "import", "--gateway", "public", "--host", "api.example.com",
+                "--cert", str(c), "--key", str(k)).exit_code == 0
+    imported = _last_revision(db_path)
+    assert mesh("edge", "cert", "remove", "--gateway", "public", "--host", "api.example.com").exit_code == 0
+    engine = open_store(str(db_path))
+    try:
+        rollback(engine, imported, "test@meshgate")
+        world = load_world(engine)
+        box = load_keybox(str(engine.url))
+        (secret,) = [s for s in edge_secrets(world, "public", lambda b: box.decrypt(b).decode())
+                     if s.name == "edge-cert/api.example.com"]
+    finally:
+        engine.dispose()
+    assert secret.tls_certificate.private_key.inline_string.strip() == k.read_text().strip()

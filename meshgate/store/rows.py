@@ -31,10 +31,9 @@ from meshgate.store.txn import Write
 
 KEY_SEPARATOR = "/"
 REDACTED_MARK = "(redacted)"
-REDACTED: dict[str, frozenset[str]] = {
-    "ca_certs": frozenset({"key_encrypted"}),
-    "edge_certs": frozenset({"key_encrypted"}),  # edge host keys, sealed like the CA key
-}
+# Edge host keys (`edge_certs.key_encrypted`) are recorded sealed, as stored (AES-GCM
+# under the store key), so a rollback can bring a removed certificate back whole.
+REDACTED: dict[str, frozenset[str]] = {"ca_certs": frozenset({"key_encrypted"})}
 
 
 def _pk_columns(table: Table) -> list[Any]:

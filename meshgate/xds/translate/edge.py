@@ -30,14 +30,10 @@ any caller.
 from __future__ import annotations
 
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import base_pb2, extension_pb2, protocol_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2 as ec
-from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -49,7 +45,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
     header_mutation_pb2 as early_mutation,
 )
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
 from google.protobuf import wrappers_pb2
 
@@ -60,6 +56,7 @@ from meshgate.validation import is_ip, split_host_port
 from meshgate.xds import types
 from meshgate.xds.translate import edge_auth, tls
 from meshgate.xds.translate.common import ads_source, pack, seconds, socket_address
+from meshgate.xds.translate.edge_jwks import jwks_cluster
 from meshgate.xds.translate.generated import Generated, Options
 from meshgate.xds.translate.hcm import HCM_FILTER, router_filter
 from meshgate.xds.translate.index import WorldIndex
@@ -76,10 +73,6 @@ STRIPPED_EXACT = ("x-forwarded-client-cert",)
 STRIPPED_PREFIXES = ("x-meshgate-", "x-envoy-")
 REQUEST_HEADERS_TIMEOUT_S = 10.0
 NO_ROUTE_BODY = "meshgate edge: no route for this host and path\n"
-# Public roots on the gateway's host for https JWKS URIs (Debian, Ubuntu, Alpine and
-# the official Envoy image). Envoy 1.40 does not implement `system_root_certs` and
-# refuses SAN checks without a trusted CA (measured).
-SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def edge_cert_secret(host: str) -> str:
@@ -293,25 +286,28 @@ def _match(prefix: str) -> rc.RouteMatch:
     return rc.RouteMatch(path_separated_prefix=prefix)
 
 
-def _route(world: World, r: EdgeRoute, with_jwt: bool) -> rc.Route:
+def _route(index: WorldIndex, r: EdgeRoute, with_jwt: bool) -> rc.Route:
     route = rc.Route(
         name=r.id,
         match=_match(r.prefix),
         route=rc.RouteAction(cluster=service_cluster_name(r.service)),
     )
-    for name, cfg in sorted(edge_auth.route_filter_configs(world, r, with_jwt).items()):
+    # only the policies targeting the route's service matter (index: no scan per route)
+    scoped = index.target_world(r.service)
+    for name, cfg in sorted(edge_auth.route_filter_configs(scoped, r, with_jwt).items()):
         route.typed_per_filter_config[name].CopyFrom(cfg)
     return route
 
 
-def edge_route_config(world: World, routes: list[EdgeRoute]) -> Generated:
+def edge_route_config(index: WorldIndex, routes: list[EdgeRoute]) -> Generated:
     """`edge`: a virtual host per host, longest prefix first; any other Host is 404."""
+    world = index.world
     with_jwt = bool(used_providers(world, routes))
     hosts = sorted({r.host for r in routes})
     vhosts = []
     for host in hosts:
         mine = sorted((r for r in routes if r.host == host), key=lambda r: (-len(r.prefix), r.prefix))
-        vhosts.append(rc.VirtualHost(name=host, domains=[host], routes=[_route(world, r, with_jwt) for r in mine]))
+        vhosts.append(rc.VirtualHost(name=host, domains=[host], routes=[_route(index, r, with_jwt) for r in mine]))
     vhosts.append(
         rc.VirtualHost(
             name="no-route",
@@ -335,50 +331,6 @@ def edge_route_config(world: World, routes: list[EdgeRoute]) -> Generated:
     return Generated(types.ROUTE, ROUTE_CONFIG, config, sources=sources, refs=refs)
 
 
-# -- remote JWKS -----------------------------------------------------------------
-
-
-def jwks_cluster(p: JwtProvider) -> Generated:
-    """`jwks/<provider>`: where Envoy fetches a remote JWKS; https verified against the
-    host's public roots (SYSTEM_CA_BUNDLE) and the URI's host name."""
-    parts = urlsplit(p.jwks_uri or "")
-    host = parts.hostname or ""
-    https = parts.scheme == "https"
-    port = parts.port or (443 if https else 80)
-    name = edge_auth.jwks_cluster_name(p.name)
-    cluster = cluster_pb2.Cluster(
-        name=name,
-        type=cluster_pb2.Cluster.STATIC if is_ip(host) else cluster_pb2.Cluster.STRICT_DNS,
-        connect_timeout=seconds(2.0),
-        dns_lookup_family=cluster_pb2.Cluster.V4_PREFERRED,
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=name,
-            endpoints=[ec.LocalityLbEndpoints(lb_endpoints=[
-                ec.LbEndpoint(endpoint=ec.Endpoint(address=socket_address(host, port)))
-            ])],
-        ),
-    )
-    if https:
-        ctx = tls_pb2.UpstreamTlsContext(
-            sni=host,
-            common_tls_context=tls_pb2.CommonTlsContext(
-                tls_params=tls.tls_params(tls.EDGE_CIPHERS),
-                validation_context=common_pb2.CertificateValidationContext(
-                    trusted_ca=base_pb2.DataSource(filename=SYSTEM_CA_BUNDLE),
-                    match_typed_subject_alt_names=[
-                        common_pb2.SubjectAltNameMatcher(
-                            san_type=common_pb2.SubjectAltNameMatcher.IP_ADDRESS if is_ip(host)
-                            else common_pb2.SubjectAltNameMatcher.DNS,
-                            matcher=string_pb2.StringMatcher(exact=host),
-                        )
-                    ],
-                ),
-            ),
-        )
-        cluster.transport_socket.CopyFrom(tls.transport_socket(ctx))
-    return Generated(types.CLUSTER, name, cluster, sources=(f"jwt-provider:{p.name}",))
-
-
 # -- the plan --------------------------------------------------------------------
 
 
@@ -389,7 +341,7 @@ def edge_plan(index: WorldIndex, proxy: Proxy, options: Options) -> Plan:
     listener = run(proxy, "edge https listener", https_listener, proxy, world, routes, options)
     if listener is not None:
         own.append(listener)
-        own.append(run(proxy, "edge routes", edge_route_config, world, routes))
+        own.append(run(proxy, "edge routes", edge_route_config, index, routes))
     redirect = run(proxy, "edge http redirect listener", http_redirect_listener, proxy)
     if redirect is not None:
         own.append(redirect)
