@@ -17,12 +17,13 @@ import click
 from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.params import INT
 from meshgate.errors import ValidationError, Violation
-from meshgate.fleet.bootstrap import control_plane_identity, render_bootstrap
+from meshgate.fleet.bootstrap import XDS_CLUSTER, control_plane_identity, render_bootstrap
 from meshgate.model import Instance
 from meshgate.store.proxies import get_proxy, verify_token
 from meshgate.store.proxies import rotate_token as rotate_token_
 from meshgate.store.txn import write
 from meshgate.store.world import load_world_conn
+from meshgate.telemetry.envoy_config import bootstrap_stats_sink
 from meshgate.validation import Checker
 
 DEFAULT_SERVER = "127.0.0.1:18000"
@@ -103,6 +104,8 @@ def bootstrap(ctx: CliContext, name: str, token: str | None, rotate_token: bool,
         xds_ca_pem=None if insecure_plaintext else roots,
         xds_san=None if insecure_plaintext else control_plane_identity(world.mesh.trust_domain),
         delta=not sotw, instance=instance,
+        # stats pushed to `meshgate serve` (meshgate.telemetry), authenticated like ADS
+        extra=bootstrap_stats_sink(XDS_CLUSTER, initial_metadata=[("authorization", f"Bearer {token}")]),
     )
     text = json.dumps(boot, indent=2) + "\n"
     if out is None:

@@ -39,6 +39,7 @@ class ServeConfig:
     server_names: tuple[str, ...] = ()
     replica: str | None = None
     server_kwargs: dict[str, Any] = field(default_factory=dict)
+    telemetry: bool = True  # stats + access-log receivers, /metrics, dashboard (meshgate.telemetry)
 
 
 def is_loopback(host: str) -> bool:
@@ -113,8 +114,19 @@ async def serve(engine: Engine, db_url: str, cfg: ServeConfig,
         secrets = IssuerSecretProvider(issuer)
         if not cfg.insecure_plaintext_loopback:
             credentials = tls_credentials(issuer, [host, *cfg.server_names])
+    kwargs = dict(cfg.server_kwargs)
+    telemetry = None
+    if cfg.telemetry:
+        from meshgate.telemetry.service import Telemetry
+
+        telemetry = Telemetry(engine)
+        kwargs.setdefault("options", telemetry.translate_options())
+        kwargs.setdefault("metrics", telemetry.metrics)
+        kwargs["servicers"] = [*kwargs.get("servicers", ()), telemetry.register]
     server = XdsServer(engine, secrets=secrets, replica=cfg.replica or f"{host}:{cfg.listen.rsplit(':', 1)[1]}",
-                       rotation=rotation_step if issuer is not None else None, **cfg.server_kwargs)
+                       rotation=rotation_step if issuer is not None else None, **kwargs)
+    if telemetry is not None:
+        telemetry.bind(server)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -123,7 +135,10 @@ async def serve(engine: Engine, db_url: str, cfg: ServeConfig,
         except (NotImplementedError, RuntimeError):  # not the main thread (tests)
             pass
     await server.start(cfg.listen, credentials=credentials)
-    runner = await start_admin(make_admin_app(server), cfg.admin) if cfg.admin else None
+    if telemetry is not None:
+        await telemetry.start()
+    extra = [telemetry.add_routes] if telemetry is not None else []
+    runner = await start_admin(make_admin_app(server, extra=extra), cfg.admin) if cfg.admin else None
     if on_ready is not None:
         on_ready(server)
     try:
@@ -133,3 +148,5 @@ async def serve(engine: Engine, db_url: str, cfg: ServeConfig,
         if runner is not None:
             await runner.cleanup()
         await server.stop(1.0)
+        if telemetry is not None:
+            await telemetry.stop()  # writes the last denials
