@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import text
 
+from meshgate.store.db import create, resolve_url
 from tests.conftest import Invoke
+
+
+@pytest.fixture
+def db(store_url: str) -> str:
+    """Every test here runs on SQLite and on PostgreSQL (skipped without MESHGATE_TEST_PG)."""
+    return store_url
 
 
 @pytest.fixture
@@ -30,7 +36,7 @@ def ok(run: Invoke, *args: str) -> str:
     return r.output
 
 
-def test_allow_generates_readable_ids_and_records_revisions(mesh: Invoke, db_path: Path) -> None:
+def test_allow_generates_readable_ids_and_records_revisions(mesh: Invoke, db: str) -> None:
     out = ok(mesh, "policy", "allow", "--from", "web", "--to", "orders", "--method", "get,head",
              "--path", "/api/**")
     assert 'policy "allow-web-to-orders" added' in out and "GET,HEAD /api/**" in out
@@ -48,12 +54,13 @@ def test_allow_generates_readable_ids_and_records_revisions(mesh: Invoke, db_pat
     assert rows[0]["methods"] == ["GET", "HEAD"]
     assert rows[0]["paths"] == [{"kind": "glob", "value": "/api/**"}]
     assert rows[3]["mode"] == "audit"
-    conn = sqlite3.connect(db_path)
+    engine = create(resolve_url(db))
     try:
-        changes = [json.loads(c) for (c,) in conn.execute(
-            "SELECT changes FROM revisions WHERE summary LIKE 'policy %' ORDER BY id")]
+        with engine.connect() as conn:
+            changes = [json.loads(c) for (c,) in conn.execute(text(
+                "SELECT changes FROM revisions WHERE summary LIKE 'policy %' ORDER BY id"))]
     finally:
-        conn.close()
+        engine.dispose()
     assert len(changes) == 4  # one revision per command
     assert [c[0]["key"] for c in changes] == [r["id"] for r in rows]
     assert all(c[0]["op"] == "add" and c[0]["before"] is None for c in changes)
