@@ -70,9 +70,12 @@ def sidecar(engine: Engine, name: str, svc: str, outbound_port: int = 15001) -> 
 
 def set_instance_address(engine: Engine, instance_id: int, address: str) -> None:
     """A raw change (tests only): give an instance an address Envoy will reject."""
+    from meshgate.store.rows import read_row, record_row
+
     with write(engine, "test: change address") as w:
+        before = read_row(w.conn, schema.instances, instance_id)
         w.conn.execute(update(schema.instances).where(schema.instances.c.id == instance_id).values(address=address))
-        w.record("instances", str(instance_id), "update", before=None, after={"address": address})
+        record_row(w, schema.instances, instance_id, before)
 
 
 @asynccontextmanager

@@ -26,7 +26,8 @@ def make_admin_app(server: Any, extra: Sequence[Callable[[web.Application], None
 
     async def proxies(_: web.Request) -> web.Response:
         body = {"replica": server.replica, "streams": server.connected(),
-                "last_apply_cpu_ms": round(server.last_apply_cpu_ms, 2)}
+                "last_apply_cpu_ms": round(server.last_apply_cpu_ms, 2),
+                "last_load_cpu_ms": round(server.last_load_cpu_ms, 2)}
         return web.Response(text=json.dumps(body), content_type="application/json")
 
     app.router.add_get("/healthz", healthz)

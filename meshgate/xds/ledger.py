@@ -76,6 +76,13 @@ class Ledger:
                     row["last_seen"] = self.clock()
                     self._dirty.add((p, t))
 
+    def touch(self, proxies: Iterable[str]) -> None:
+        """Write these proxies' rows again at the next flush (replicas: after the
+        others declared this replica gone and marked its rows disconnected)."""
+        names = set(proxies)
+        with self._lock:
+            self._dirty.update(k for k in self.rows if k[0] in names)
+
     def forget(self, proxies: Iterable[str]) -> None:
         """Drop in-memory rows of removed proxies (their stored rows go with them)."""
         gone = set(proxies)

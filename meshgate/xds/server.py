@@ -37,11 +37,14 @@ from sqlalchemy import Engine
 
 from meshgate.model import Proxy, World
 from meshgate.store import status as store_status
+from meshgate.store.db import is_sqlite
 from meshgate.store.proxies import credentials as load_credentials
+from meshgate.store.replicas import STALE_AFTER
 from meshgate.store.world import load_world_conn
 from meshgate.xds.auth import Authenticated, Authenticator, AuthError
 from meshgate.xds.delta import DeltaStream
 from meshgate.xds.ledger import Ledger
+from meshgate.xds.liveness import ReplicaLiveness
 from meshgate.xds.logs import event
 from meshgate.xds.nacks import NackMemory
 from meshgate.xds.peer import Peer, ProtocolError
@@ -50,13 +53,16 @@ from meshgate.xds.secrets import NoSecrets, SecretProvider, bundle_fingerprints,
 from meshgate.xds.sotw import SotwStream
 from meshgate.xds.state import ConfigState
 from meshgate.xds.translate.generated import DEFAULT_OPTIONS, Options
+from meshgate.xds.translate.index import WorldIndex
 from meshgate.xds.translate.tls import SECRET_IDENTITY, SECRET_TRUST
 from meshgate.xds.watch import DEFAULT_INTERVAL, ChangeWatcher
+from meshgate.xds.worldpatch import WorldChange, changes_since, patch
 
 log = logging.getLogger("meshgate.xds.server")
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 FLUSH_INTERVAL = 0.5
+FULL_RELOAD_INTERVAL = 300.0
 TICK_INTERVAL = 1.0
 
 
@@ -108,6 +114,7 @@ class XdsServer:
         rotation: Callable[[Engine, float], Any] | None = None,
         metrics: Any = None,
         clock: Callable[[], float] = time.time,
+        replica_timeout: float = STALE_AFTER,
     ) -> None:
         self.engine = engine
         self.secrets = secrets or NoSecrets()
@@ -123,10 +130,17 @@ class XdsServer:
         self.auth = Authenticator()
         self.ledger = Ledger(engine, self.replica, clock)
         self.streams: dict[str, set[_Stream]] = {}
+        # replicas sharing the store: heartbeat, and the sweep of dead ones (liveness.py)
+        self.liveness = ReplicaLiveness(engine, self.replica, ledger=self.ledger,
+                                        connected=lambda: list(self.streams), timeout=replica_timeout)
         self.nacks: dict[str, NackMemory] = {}
         self.state: ConfigState | None = None
         self.port: int | None = None
         self.last_apply_cpu_ms: float = 0.0
+        self.last_load_cpu_ms: float = 0.0
+        self._incremental = is_sqlite(engine)
+        self._full_at = 0.0
+        self._creds: dict[str, Any] = {}
         self._server: grpc.aio.Server | None = None
         self._watcher: ChangeWatcher | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -137,6 +151,8 @@ class XdsServer:
     # -- lifecycle -------------------------------------------------------------
     async def start(self, listen: str = "127.0.0.1:0", *, credentials: grpc.ServerCredentials | None = None) -> int:
         world, creds = await asyncio.to_thread(self._load)
+        self._full_at = time.monotonic()
+        self._creds = creds
         self.auth.update(creds)
         self.state = ConfigState(world, secrets=self.secrets, options=self.options, clock=self.clock)
         await asyncio.to_thread(store_status.mark_replica_disconnected, self.engine, self.replica)
@@ -150,10 +166,12 @@ class XdsServer:
             raise OSError(f"cannot listen on {listen}")
         await server.start()
         self._server, self.port = server, port
+        await self.liveness.start(f"{listen.rsplit(':', 1)[0]}:{port}")
         self._tasks = [
             asyncio.create_task(self._watch_loop(), name="xds-watch"),
             asyncio.create_task(self._flush_loop(), name="xds-flush"),
             asyncio.create_task(self._tick_loop(), name="xds-tick"),
+            asyncio.create_task(self.liveness.run(), name="xds-liveness"),
         ]
         event(log, "serving", listen=listen, port=port, tls=credentials is not None,
               revision=world.revision, proxies=len(world.proxies))
@@ -173,6 +191,7 @@ class XdsServer:
         for name in list(self.streams):
             self.ledger.disconnected(name)
         await asyncio.to_thread(self._flush_quietly)
+        await self.liveness.stop()
         if self._watcher is not None:
             self._watcher.close()
         event(log, "stopped", replica=self.replica)
@@ -334,14 +353,36 @@ class XdsServer:
         with self.engine.connect() as conn:
             return load_world_conn(conn), load_credentials(conn)
 
-    def apply_world(self, world: World, creds: dict[str, Any]) -> set[str]:
+    def _refresh(self) -> tuple[World, dict[str, Any], WorldIndex | None, WorldChange | None]:
+        """The World now (in a worker thread): the revisions since the last one applied
+        to it (SQLite), else a full reload (also every FULL_RELOAD_INTERVAL, as a safety net)."""
+        assert self.state is not None
+        c0 = time.thread_time()
+        result = None
+        if self._incremental and time.monotonic() - self._full_at < FULL_RELOAD_INTERVAL:
+            with self.engine.connect() as conn:
+                revisions = changes_since(conn, self.state.world.revision)
+            result = patch(self.state.world, self.state.index, self._creds, revisions)
+        if result is None:
+            world, creds = self._load()
+            self._full_at = time.monotonic()
+            out: tuple[World, dict[str, Any], WorldIndex | None, WorldChange | None] = (world, creds, None, None)
+        else:
+            world, index, creds, change = result
+            out = (world, creds, index, change)
+        self.last_load_cpu_ms = (time.thread_time() - c0) * 1000
+        return out
+
+    def apply_world(self, world: World, creds: dict[str, Any], index: WorldIndex | None = None,
+                    change: WorldChange | None = None) -> set[str]:
         """Adopt a new World: recompute affected proxies, wake their streams, close
         streams whose token no longer works. Returns the proxies pushed to."""
         assert self.state is not None
         t0 = time.thread_time()
         self.auth.update(creds)
+        self._creds = creds
         old = self.state.world
-        changed = self.state.set_world(world)
+        changed = self.state.set_world(world, index=index, change=change)
         for group in self.streams.values():
             for s in group:
                 why = self.auth.still_valid(s.auth)
@@ -352,6 +393,7 @@ class XdsServer:
         self._wake(changed)
         self.last_apply_cpu_ms = (time.thread_time() - t0) * 1000
         event(log, "world-applied", revision=world.revision, proxies_changed=len(changed),
+              incremental=change is not None, load_cpu_ms=f"{self.last_load_cpu_ms:.1f}",
               cpu_ms=f"{self.last_apply_cpu_ms:.1f}")
         return changed
 
@@ -360,8 +402,7 @@ class XdsServer:
         while True:
             try:
                 await self._watcher.wait()
-                world, creds = await asyncio.to_thread(self._load)
-                self.apply_world(world, creds)
+                self.apply_world(*await asyncio.to_thread(self._refresh))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep serving the last good World

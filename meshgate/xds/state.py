@@ -34,6 +34,7 @@ from meshgate.xds.snapshot import EMPTY, Snapshot
 from meshgate.xds.translate import proxy_plan
 from meshgate.xds.translate.generated import DEFAULT_OPTIONS, Options
 from meshgate.xds.translate.index import WorldIndex
+from meshgate.xds.worldpatch import WorldChange
 
 log = logging.getLogger("meshgate.xds.state")
 
@@ -49,7 +50,21 @@ class Entry:
 
 
 def _global_inputs(w: World) -> tuple[object, ...]:
-    return (w.mesh, w.policies, tuple(w.services), w.routes, w.jwt_providers, w.edge_certs, w.trust_roots_pem)
+    """What every proxy may depend on. Services count by name only (the set of
+    services decides who may call what); their rows are diffed one by one."""
+    return (w.mesh, w.policies, w.services.keys(), w.routes, w.jwt_providers, w.edge_certs, w.trust_roots_pem)
+
+
+def _diff(old: World, old_index: WorldIndex, new: World, new_index: WorldIndex) -> WorldChange:
+    """What changed between two Worlds loaded in full (O(size of the World))."""
+    services = {s for s in new.services if old.services.get(s) != new.services[s]}
+    inst = {
+        s
+        for s in set(old_index.instances_by_service) | set(new_index.instances_by_service)
+        if old_index.instances_of(s) != new_index.instances_of(s)
+    }
+    proxies = {p for p in set(old.proxies) | set(new.proxies) if old.proxies.get(p) != new.proxies.get(p)}
+    return WorldChange(services=frozenset(services), instance_services=frozenset(inst), proxies=frozenset(proxies))
 
 
 class ConfigState:
@@ -70,6 +85,7 @@ class ConfigState:
         self.cache = cache or ResourceCache()
         self.entries: dict[str, Entry] = {}
         self._callers: dict[str, set[str]] = defaultdict(set)  # service -> tracked proxies calling it
+        self._own: dict[str, set[str]] = defaultdict(set)  # service -> its tracked sidecars
 
     # -- tracking ------------------------------------------------------------
     def track(self, name: str) -> Snapshot:
@@ -80,6 +96,8 @@ class ConfigState:
                 return EMPTY
             entry = Entry(proxy)
             self.entries[name] = entry
+            if proxy.service:
+                self._own[proxy.service].add(name)
             self._plan(entry)
             self._secrets(entry)
             self._assemble(entry)
@@ -90,6 +108,8 @@ class ConfigState:
         if entry is not None:
             for u in entry.upstreams:
                 self._callers[u].discard(name)
+            if entry.proxy.service:
+                self._own[entry.proxy.service].discard(name)
             self.secret_provider.forget(name)
 
     def snapshot(self, name: str) -> Snapshot:
@@ -97,38 +117,37 @@ class ConfigState:
         return entry.snapshot if entry is not None else EMPTY
 
     # -- changes ---------------------------------------------------------------
-    def set_world(self, world: World) -> set[str]:
-        """Adopt a new World; returns the tracked proxies whose snapshot changed."""
+    def set_world(self, world: World, *, index: WorldIndex | None = None,
+                  change: WorldChange | None = None) -> set[str]:
+        """Adopt a new World; returns the tracked proxies whose snapshot changed.
+
+        `change` (from worldpatch) says what moved; without it the two Worlds are diffed.
+        """
         old, old_index = self.world, self.index
-        self.world, self.index = world, WorldIndex(world)
-        self.cache.forget_services(world.services)
-        names = list(self.entries)
+        self.world, self.index = world, index or WorldIndex(world)
+        if set(old.services) != set(world.services):
+            self.cache.forget_services(world.services)
+        if change is None:
+            change = _diff(old, old_index, world, self.index)
+        everything = change.full or _global_inputs(old) != _global_inputs(world)
         replan: set[str] = set()
         reassemble: set[str] = set()
         resecret: set[str] = set()
-        if _global_inputs(old) != _global_inputs(world):
-            replan.update(names)
-            resecret.update(names)
+        if everything:
+            replan.update(self.entries)
+            resecret.update(self.entries)
         else:
-            row_changed = {s for s in world.services if old.services.get(s) != world.services[s]}
-            inst_changed = {
-                s
-                for s in set(old_index.instances_by_service) | set(self.index.instances_by_service)
-                if old_index.instances_of(s) != self.index.instances_of(s)
-            }
-            for n in names:
-                entry = self.entries[n]
-                if old.proxies.get(n) != world.proxies.get(n):
-                    replan.add(n)
-                    resecret.add(n)
-                elif entry.proxy.service in row_changed | inst_changed:
-                    replan.add(n)
-            for s in row_changed:
+            for n in change.proxies & self.entries.keys():
+                replan.add(n)
+                resecret.add(n)
+            for s in change.services | change.instance_services:
+                replan.update(self._own.get(s, ()))
+            for s in change.services:
                 replan.update(self._callers.get(s, ()))
-            for s in inst_changed:
+            for s in change.instance_services:
                 reassemble.update(self._callers.get(s, ()))
         changed: set[str] = set()
-        for n in names:
+        for n in replan | reassemble | resecret:
             entry = self.entries[n]
             proxy = world.proxies.get(n)
             if proxy is None:
@@ -138,9 +157,8 @@ class ConfigState:
                 self._plan(entry)
             if n in resecret:
                 self._secrets(entry)
-            if n in replan or n in reassemble or n in resecret:
-                if self._assemble(entry):
-                    changed.add(n)
+            if self._assemble(entry):
+                changed.add(n)
         return changed
 
     def refresh_secrets(self, names: Iterable[str] | None = None) -> set[str]:

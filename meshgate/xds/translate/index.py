@@ -17,8 +17,11 @@ from meshgate.policy.validate import ANY_SOURCE
 
 
 class WorldIndex:
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, **seeds: object) -> None:
+        """`seeds` pre-fill lazily computed groups (carried over from the previous
+        World's index when the rows behind them did not change; see xds/worldpatch.py)."""
         self.world = world
+        self.__dict__.update(seeds)
 
     @cached_property
     def instances_by_service(self) -> dict[str, tuple[Instance, ...]]:
