@@ -7,6 +7,7 @@ import asyncio
 import click
 
 from meshgate.cli.context import CliContext, pass_ctx
+from meshgate.durations import parse_duration
 from meshgate.store.db import resolve_url
 
 
@@ -18,12 +19,17 @@ from meshgate.store.db import resolve_url
 @click.option("--admin", metavar="HOST:PORT", help="Also serve the HTTP admin (/healthz, /xds/proxies) here.")
 @click.option("--server-name", "server_names", multiple=True, metavar="NAME",
               help="Extra DNS name or IP for the server certificate (repeatable).")
-@click.option("--replica", help="Name of this server in proxy status (default HOST:PORT of --listen).")
+@click.option("--replica", help="Name of this server in proxy status (default HOST:PORT of --listen; "
+              "a 0.0.0.0 or :: host becomes this machine's name).")
+@click.option("--replica-timeout", default="15s", show_default=True, metavar="DURATION",
+              help="Replicas sharing the store: how long another replica may stay silent before "
+              "its proxies are shown disconnected (e.g. 15s, 1m).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="Log lines are `event=... key=value`, one per decision.")
 @pass_ctx
 def serve(ctx: CliContext, listen: str, insecure_plaintext_loopback: bool, admin: str | None,
-          server_names: tuple[str, ...], replica: str | None, log_level: str) -> None:
+          server_names: tuple[str, ...], replica: str | None, replica_timeout: str,
+          log_level: str) -> None:
     """Run the xDS control plane: stream the store to Envoy proxies.
 
     Changes made with the CLI reach connected proxies within a fraction of a
@@ -40,8 +46,15 @@ def serve(ctx: CliContext, listen: str, insecure_plaintext_loopback: bool, admin
     from meshgate.xds.runner import ServeConfig, check_listen
     from meshgate.xds.runner import serve as run
 
+    try:
+        timeout = parse_duration(replica_timeout)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--replica-timeout") from exc
+    if not 3 <= timeout <= 3600:
+        raise click.BadParameter("must be between 3s and 1h", param_hint="--replica-timeout")
     cfg = ServeConfig(listen=listen, insecure_plaintext_loopback=insecure_plaintext_loopback, admin=admin,
-                      server_names=server_names, replica=replica)
+                      server_names=server_names, replica=replica,
+                      server_kwargs={"replica_timeout": float(timeout)})
     from meshgate.xds.errors import XdsError
 
     try:

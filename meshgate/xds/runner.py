@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def replica_name(cfg: ServeConfig) -> str:
+    """--replica, else HOST:PORT of --listen, with this machine's name for a wildcard
+    host: replicas on several machines all listening on 0.0.0.0:18000 stay distinct
+    in proxy_status and in the replicas table."""
+    if cfg.replica:
+        return cfg.replica
+    host, port = split_host_port(cfg.listen) or (cfg.listen, 0)
+    try:
+        wildcard = ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        wildcard = False
+    return f"{socket.gethostname() if wildcard else host}:{port}"
 
 
 def check_listen(cfg: ServeConfig) -> str:
@@ -123,7 +138,7 @@ async def serve(engine: Engine, db_url: str, cfg: ServeConfig,
         kwargs.setdefault("options", telemetry.translate_options())
         kwargs.setdefault("metrics", telemetry.metrics)
         kwargs["servicers"] = [*kwargs.get("servicers", ()), telemetry.register]
-    server = XdsServer(engine, secrets=secrets, replica=cfg.replica or f"{host}:{cfg.listen.rsplit(':', 1)[1]}",
+    server = XdsServer(engine, secrets=secrets, replica=replica_name(cfg),
                        rotation=rotation_step if issuer is not None else None, **kwargs)
     if telemetry is not None:
         telemetry.bind(server)
