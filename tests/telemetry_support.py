@@ -14,8 +14,18 @@ from __future__ import annotations
 import datetime
 import http.client
 import json
+import os
+import signal
 import socket
 import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,14 +144,15 @@ def _common_tls(cert: str, key: str, ca: str, san: dict[str, str]) -> dict[str, 
 
 
 def hcm(stat_prefix: str, cluster: str, http_filters: list[dict[str, Any]], *,
-        access_log: str | None) -> dict[str, Any]:
+        access_log: str | None, per_route: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": stat_prefix,
         "route_config": {"name": stat_prefix, "virtual_hosts": [{
             "name": "all", "domains": ["*"],
             "routes": [{"name": f"{stat_prefix}-all", "match": {"prefix": "/"},
-                        "route": {"cluster": cluster}}]}]},
+                        "route": {"cluster": cluster}}],
+            **({"typed_per_filter_config": per_route} if per_route else {})}]},
         "http_filters": http_filters + [{
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
@@ -166,16 +177,17 @@ def bootstrap(node_id: str, service: str, cp_port: int, listeners: list[dict[str
     return b
 
 
-def orders_bootstrap(ca: TestCa, rbac_filters: list[dict[str, Any]], *, cp_port: int,
+def orders_bootstrap(ca: TestCa, rbac: dict[str, Any], *, cp_port: int,
                      inbound_port: int, app_port: int) -> dict[str, Any]:
-    """orders' inbound: mTLS required, then `rbac_filters` (compiled from real policies)."""
+    """orders' inbound: mTLS required, then RBAC compiled from real policies (`make_store`)."""
     cert, key = ca.issue("orders")
     tls = {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
            "require_client_certificate": True,
            "common_tls_context": _common_tls(cert, key, ca.pem, {"prefix": f"spiffe://{TD}/"})}
     listener = {"name": "inbound", "address": _addr(inbound_port), "filter_chains": [{
         "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
-        "filters": [hcm("inbound", "local_app", rbac_filters, access_log="orders-inbound")]}]}
+        "filters": [hcm("inbound", "local_app", rbac["filters"], access_log="orders-inbound",
+                        per_route=rbac["per_route"])]}]}
     return bootstrap("orders-1", "orders", cp_port, [listener],
                      [static_cluster("local_app", app_port)], telemetry=True)
 
@@ -195,12 +207,12 @@ def web_bootstrap(ca: TestCa, *, cp_port: int, outbound_port: int, orders_port: 
 class TwoSidecars:
     """orders app + orders-1 + web-1 Envoys, pointed at a telemetry server's gRPC port."""
 
-    def __init__(self, workdir: Path, cp_port: int, rbac_filters: list[dict[str, Any]]) -> None:
+    def __init__(self, workdir: Path, cp_port: int, rbac: dict[str, Any]) -> None:
         self.ca = TestCa()
         self.app = App("orders")
         self.inbound_port = free_port()
         self.outbound_port = free_port()
-        self.orders = EnvoyProcess(orders_bootstrap(self.ca, rbac_filters, cp_port=cp_port,
+        self.orders = EnvoyProcess(orders_bootstrap(self.ca, rbac, cp_port=cp_port,
                                                     inbound_port=self.inbound_port,
                                                     app_port=self.app.port), workdir, "orders-1")
         self.web = EnvoyProcess(web_bootstrap(self.ca, cp_port=cp_port,
@@ -249,13 +261,14 @@ class TwoSidecars:
         raise AssertionError(f"the handshake without a client certificate succeeded: {data!r}")
 
 
-def make_store(db: Path) -> list[dict[str, Any]]:
+def make_store(db: Path) -> dict[str, Any]:
     """A mesh with services web, orders, billing and POLICIES, made with the CLI;
-    returns orders' inbound RBAC filters compiled from it (Envoy JSON)."""
+    returns orders' inbound RBAC compiled from it (Envoy JSON): the HCM filters, and
+    the virtual host's per-filter config when the compiler puts the rules there."""
     from click.testing import CliRunner
 
     from meshgate.cli import cli
-    from meshgate.policy.compile import http_rbac_filters
+    from meshgate.policy import compile as policy_compile
     from meshgate.store.db import open_store
     from meshgate.store.world import load_world
 
@@ -273,4 +286,140 @@ def make_store(db: Path) -> list[dict[str, Any]]:
         world = load_world(engine)
     finally:
         engine.dispose()
-    return [json.loads(json_format.MessageToJson(f)) for f in http_rbac_filters(world, "orders")]
+    filters = [json.loads(json_format.MessageToJson(f))
+               for f in policy_compile.http_rbac_filters(world, "orders")]
+    per_route_fn = getattr(policy_compile, "http_rbac_per_route", None)
+    per_route = {name: json.loads(json_format.MessageToJson(cfg))
+                 for name, cfg in (per_route_fn(world, "orders") if per_route_fn else {}).items()}
+    return {"filters": filters, "per_route": per_route}
+
+
+# ---- the whole product: meshgate serve + bootstrapped Envoys ---------------------------------
+
+SERVE_TRAFFIC: list[tuple[str, int, int]] = [  # sent web -> orders through web-1's outbound
+    ("/anything/a", 200, 12),
+    ("/status/503", 503, 3),
+    ("/anything/admin/x", 403, 4),   # deny rule "no-admin"
+    ("/nope", 403, 2),               # no allow rule: default deny
+    ("/anything/watched", 200, 2),   # passes; audit rule "watch" would deny it
+]
+
+
+@dataclass
+class Stack:
+    db: Path
+    admin: str
+    outbound: int
+    sent: list[int]
+
+    def cli(self, *args: str) -> Any:
+        from click.testing import CliRunner
+
+        from meshgate.cli import cli
+
+        r = CliRunner().invoke(cli, ["--db", str(self.db), *args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        return r
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://{self.admin}{path}", timeout=5) as r:  # noqa: S310
+            body = r.read()
+        return json.loads(body) if path.startswith("/api/") else body.decode()
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (urllib.error.URLError, OSError, KeyError, StopIteration) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def send_to_orders(port: int, path: str) -> int:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Host": "orders"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310 - loopback
+            r.read()
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        e.read()
+        return int(e.code)
+
+
+@contextmanager
+def serve_stack(work: Path) -> Iterator[Stack]:
+    """`meshgate serve` (subprocess, TLS) + web-1 and orders-1 Envoys from `proxy bootstrap`,
+    services web, orders, billing, policies made with the CLI; SERVE_TRAFFIC sent."""
+    from click.testing import CliRunner
+
+    from meshgate.cli import cli
+    from meshgate.store.db import open_store
+    from tests.xds_support import instance
+
+    db = work / "mesh.db"
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        r = runner.invoke(cli, ["--db", str(db), *args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        return r.output
+
+    run("init", "--trust-domain", TD)  # default deny
+    for svc, port in (("web", "80"), ("orders", "8080"), ("billing", "9090")):
+        run("service", "add", svc, "--port", port)
+    run("policy", "allow", "--from", "web", "--to", "orders", "--path-prefix", "/anything",
+        "--path-prefix", "/status", "--id", "web-reads-orders")
+    run("policy", "deny", "--from", "*", "--to", "orders", "--path-prefix", "/anything/admin",
+        "--id", "no-admin")
+    run("policy", "deny", "--from", "*", "--to", "orders", "--path-prefix", "/anything/watched",
+        "--audit", "--id", "watch")
+    web_out, orders_in, orders_out = free_port(), free_port(), free_port()
+    tokens = {}
+    for name, svc, port in (("web-1", "web", web_out), ("orders-1", "orders", orders_out)):
+        tokens[name] = json.loads(run("proxy", "add", name, "--service", svc,
+                                      "--outbound-port", str(port), "-o", "json"))["token"]
+    app = App("orders").start()
+    engine = open_store(str(db))
+    instance(engine, "orders", orders_in, app.port, proxy="orders-1")
+    engine.dispose()
+    xds_port, admin_port = free_port(), free_port()
+    env = {**os.environ, "MESHGATE_DB": str(db)}
+    log = open(work / "serve.log", "wb")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "meshgate"), "serve", "--listen",
+         f"127.0.0.1:{xds_port}", "--admin", f"127.0.0.1:{admin_port}"],
+        stdout=log, stderr=subprocess.STDOUT, env=env)
+    envoys: list[EnvoyProcess] = []
+    try:
+        wait_for("meshgate serve", lambda: urllib.request.urlopen(  # noqa: S310
+            f"http://127.0.0.1:{admin_port}/healthz", timeout=1).status == 200)
+        for name in ("web-1", "orders-1"):
+            out = work / f"{name}.json"
+            run("proxy", "bootstrap", name, "--token", tokens[name], "--server",
+                f"127.0.0.1:{xds_port}", "--admin-port", str(free_port()), "--out", str(out))
+            boot = json.loads(out.read_text())
+            boot["stats_flush_interval"] = "1s"  # the default is 5 s: tests need not wait
+            envoys.append(EnvoyProcess(boot, work, name).start())
+        for e in envoys:
+            e.wait_live()
+        wait_for("a routed request", lambda: send_to_orders(web_out, "/anything/warmup") == 200)
+        sent = [send_to_orders(web_out, path) for path, _, n in SERVE_TRAFFIC for _ in range(n)]
+        yield Stack(db, f"127.0.0.1:{admin_port}", web_out, sent)
+    finally:
+        for e in envoys:
+            e.stop()
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
+        log.close()
+        app.stop()

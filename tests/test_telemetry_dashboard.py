@@ -43,10 +43,10 @@ def _chromium() -> str | None:
 def admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("dashboard")
     db = tmp / "meshgate.db"
-    rbac_filters = make_store(db)
+    rbac = make_store(db)
     engine = open_store(str(db))
     ts = TelemetryServer(engine=engine).start()
-    sidecars = TwoSidecars(tmp, ts.grpc_port, rbac_filters)
+    sidecars = TwoSidecars(tmp, ts.grpc_port, rbac)
     try:
         sidecars.start()
         for path, _status, n in TRAFFIC:

@@ -71,10 +71,10 @@ class Mesh:
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp = tmp_path_factory.mktemp("telemetry")
     db = tmp / "meshgate.db"
-    rbac_filters = make_store(db)  # policies made with the CLI, compiled by meshgate.policy
+    rbac = make_store(db)  # policies made with the CLI, compiled by meshgate.policy
     engine = open_store(str(db))
     ts = TelemetryServer(engine=engine, window_seconds=120).start()
-    sidecars = TwoSidecars(tmp, ts.grpc_port, rbac_filters)
+    sidecars = TwoSidecars(tmp, ts.grpc_port, rbac)
     try:
         sidecars.start()
         sent: list[tuple[str, int]] = []
