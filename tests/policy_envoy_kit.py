@@ -1,7 +1,8 @@
 """A static Envoy standing in for a sidecar's inbound side, for policy tests.
 
 Real mTLS (a throwaway CA, client certificates with SPIFFE URI SANs), the
-compiled RBAC filters and the HCM hardening, one listener per target service;
+compiled RBAC filters (rules on the route, as in the mesh) and the HCM
+hardening, one listener per target service;
 HTTP targets answer with a direct response, tcp targets proxy to a small echo
 server. The access log (flushed every 50 ms) records the status, the path the
 filters saw, Envoy's response detail and the RBAC dynamic metadata per request.
@@ -42,7 +43,7 @@ from google.protobuf import any_pb2, json_format, struct_pb2, wrappers_pb2
 
 from meshgate.fleet.envoy import EnvoyProcess, envoy_args, free_port
 from meshgate.model import World
-from meshgate.policy.compile import http_rbac_filters, network_rbac_filters
+from meshgate.policy.compile import http_rbac_filters, http_rbac_per_route, network_rbac_filters
 from meshgate.policy.hardening import hcm_path_hardening
 
 LOG_FORMAT = {
@@ -157,6 +158,8 @@ def http_listener(world: World, service: str, ca: ThrowawayCa, port: int, log: P
             direct_response=route_components_pb2.DirectResponseAction(
                 status=200, body=base_pb2.DataSource(inline_string="app")),
         )],
+        # the rules ride on the route, as in the mesh (compile.http_rbac_per_route)
+        typed_per_filter_config=http_rbac_per_route(world, service),
     )])
     manager = hcm.HttpConnectionManager(
         stat_prefix=service,

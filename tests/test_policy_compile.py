@@ -14,6 +14,7 @@ from meshgate.policy.compile import (
     ALLOW_FILTER,
     DENY_FILTER,
     http_rbac_filters,
+    http_rbac_per_route,
     network_rbac_filters,
     reachable_services,
     rule_sources,
@@ -38,25 +39,54 @@ def world(*policies: Policy, default: str = "deny") -> World:
     )
 
 
-def unpack(filters) -> list[tuple[str, http_rbac.RBAC]]:  # type: ignore[no-untyped-def]
+def unpack(w: World, service: str) -> list[tuple[str, http_rbac.RBAC]]:
+    """The RBAC config each filter runs with for `service`: the route's override.
+    Filters switched off on the route are left out."""
     out = []
-    for f in filters:
-        cfg = http_rbac.RBAC()
-        assert f.typed_config.Unpack(cfg)
-        out.append((f.name, cfg))
+    per_route = http_rbac_per_route(w, service)
+    for f in http_rbac_filters(w, service):
+        override = http_rbac.RBACPerRoute()
+        assert per_route[f.name].Unpack(override)
+        if override.HasField("rbac"):
+            out.append((f.name, override.rbac))
     return out
 
 
+def test_listener_filters_do_not_depend_on_policies_and_fail_closed() -> None:
+    empty = http_rbac_filters(world(), "orders")
+    full = http_rbac_filters(world(Policy("a", "allow", ("web",), "orders"),
+                                   Policy("d", "deny", ("*",), "orders", mode="audit")), "orders")
+    assert [f.SerializeToString(deterministic=True) for f in empty] == \
+        [f.SerializeToString(deterministic=True) for f in full]
+    assert [f.name for f in empty] == [DENY_FILTER, ALLOW_FILTER]
+    configs = []
+    for f in empty:
+        cfg = http_rbac.RBAC()
+        assert f.typed_config.Unpack(cfg)
+        configs.append(cfg)
+    deny, allow = configs
+    assert not deny.HasField("rules")
+    assert allow.rules.action == rbac.RBAC.ALLOW and not allow.rules.policies  # refuses all
+    assert deny.rules_stat_prefix == "deny." and deny.shadow_rules_stat_prefix == "deny_audit."
+    assert allow.rules_stat_prefix == "allow." and allow.shadow_rules_stat_prefix == "allow_audit."
+    assert deny.track_per_rule_stats and allow.track_per_rule_stats
+
+
 def test_default_deny_without_rules_is_one_empty_allow_filter() -> None:
-    [(name, cfg)] = unpack(http_rbac_filters(world(), "orders"))
+    [(name, cfg)] = unpack(world(), "orders")
     assert name == ALLOW_FILTER
     assert cfg.HasField("rules") and cfg.rules.action == rbac.RBAC.ALLOW
     assert dict(cfg.rules.policies) == {}  # ALLOW with no policy refuses every call
     assert not cfg.HasField("shadow_rules")
 
 
-def test_default_allow_without_deny_rules_has_no_filter() -> None:
-    assert http_rbac_filters(world(default="allow"), "orders") == []
+def test_default_allow_without_deny_rules_switches_both_filters_off() -> None:
+    per_route = http_rbac_per_route(world(default="allow"), "orders")
+    for name in (DENY_FILTER, ALLOW_FILTER):
+        override = http_rbac.RBACPerRoute()
+        assert per_route[name].Unpack(override)
+        assert not override.HasField("rbac")  # RBACPerRoute without rbac: filter off
+    assert unpack(world(default="allow"), "orders") == []
     assert reachable_services(world(default="allow"), "web") == set(SERVICES)
 
 
@@ -65,13 +95,11 @@ def test_deny_filter_runs_before_allow_filter_and_policies_are_named_by_rule_id(
         Policy("web-reads", "allow", ("web",), "orders", methods=("GET",)),
         Policy("no-admin", "deny", ("*",), "orders", paths=(PathMatch("prefix", "/admin"),)),
     )
-    filters = unpack(http_rbac_filters(w, "orders"))
+    filters = unpack(w, "orders")
     assert [n for n, _ in filters] == [DENY_FILTER, ALLOW_FILTER]
     deny, allow = filters[0][1], filters[1][1]
     assert deny.rules.action == rbac.RBAC.DENY and list(deny.rules.policies) == ["no-admin"]
     assert allow.rules.action == rbac.RBAC.ALLOW and list(allow.rules.policies) == ["web-reads"]
-    assert deny.rules_stat_prefix != allow.rules_stat_prefix
-    assert deny.track_per_rule_stats and allow.track_per_rule_stats
     # deny '*' = any caller (even without a certificate); paths fold case in deny rules
     p = deny.rules.policies["no-admin"]
     assert p.principals[0].any
@@ -89,7 +117,7 @@ def test_deny_filter_runs_before_allow_filter_and_policies_are_named_by_rule_id(
 def test_star_and_edge_sources_in_allow_rules() -> None:
     w = world(Policy("from-all", "allow", ("*",), "orders"),
               Policy("from-edge", "allow", ("edge:public", "web"), "orders"))
-    [(_, allow)] = unpack(http_rbac_filters(w, "orders"))
+    [(_, allow)] = unpack(w, "orders")
     star = allow.rules.policies["from-all"].principals[0]
     assert star.authenticated.principal_name.prefix == "spiffe://example.org/"
     both = allow.rules.policies["from-edge"].principals[0]
@@ -107,7 +135,7 @@ def test_narrowing_is_and_of_or_groups() -> None:
         paths=(PathMatch("exact", "/a"), PathMatch("glob", "/api/*/items")),
         headers=(("x-tenant", "blue"),),
     )
-    [(_, allow)] = unpack(http_rbac_filters(world(p), "orders"))
+    [(_, allow)] = unpack(world(p), "orders")
     perm = allow.rules.policies["narrow"].permissions[0]
     rules = perm.and_rules.rules
     assert len(rules) == 3
@@ -121,7 +149,7 @@ def test_narrowing_is_and_of_or_groups() -> None:
 def test_grpc_methods_compile_to_exact_and_prefix_paths() -> None:
     p = Policy("rpc", "allow", ("web",), "billing",
                grpc_methods=("shop.Billing/Charge", "shop.Refunds/*"))
-    [(_, allow)] = unpack(http_rbac_filters(world(p), "billing"))
+    [(_, allow)] = unpack(world(p), "billing")
     paths = allow.rules.policies["rpc"].permissions[0].or_rules.rules
     assert paths[0].url_path.path.exact == "/shop.Billing/Charge"
     assert paths[1].url_path.path.prefix == "/shop.Refunds/"
@@ -133,11 +161,10 @@ def test_audit_rules_go_to_shadow_rules_with_enforced_rules() -> None:
         Policy("try-deny", "deny", ("web",), "orders", paths=(PathMatch("prefix", "/y"),), mode="audit"),
         Policy("try-allow", "allow", ("web",), "orders", mode="audit"),
     )
-    deny, allow = (cfg for _, cfg in unpack(http_rbac_filters(w, "orders")))
+    deny, allow = (cfg for _, cfg in unpack(w, "orders"))
     assert list(deny.rules.policies) == ["enforced-deny"]
     assert sorted(deny.shadow_rules.policies) == ["enforced-deny", "try-deny"]
     assert deny.shadow_rules.action == rbac.RBAC.DENY
-    assert deny.shadow_rules_stat_prefix and deny.shadow_rules_stat_prefix != allow.shadow_rules_stat_prefix
     assert list(allow.rules.policies) == []  # audit allow is not enforced
     assert list(allow.shadow_rules.policies) == ["try-allow"]
     # an audited allow makes the target reachable, so the call can be observed there
@@ -146,7 +173,7 @@ def test_audit_rules_go_to_shadow_rules_with_enforced_rules() -> None:
 
 def test_audit_only_deny_filter_enforces_nothing() -> None:
     w = world(Policy("try", "deny", ("web",), "orders", mode="audit"), default="allow")
-    [(name, cfg)] = unpack(http_rbac_filters(w, "orders"))
+    [(name, cfg)] = unpack(w, "orders")
     assert name == DENY_FILTER
     assert not cfg.HasField("rules")
     assert list(cfg.shadow_rules.policies) == ["try"]

@@ -58,8 +58,8 @@ def hcm_of(listener) -> hcm_pb2.HttpConnectionManager:  # type: ignore[no-untype
 def test_sidecar_names_and_shapes() -> None:
     res = by_name(translate_proxy(world(), "web-1"))
     assert set(res) == {
-        ("cds", "local-app"), ("lds", "inbound"), ("lds", "outbound"), ("rds", "outbound"),
-        ("lds", "outbound-tcp/db"),
+        ("cds", "local-app"), ("lds", "inbound"), ("rds", "inbound"), ("lds", "outbound"),
+        ("rds", "outbound"), ("lds", "outbound-tcp/db"),
         *{(t, f"svc/{s}") for s in ("db", "orders", "pay", "web") for t in ("cds", "eds")},
     }
     orders = res[("cds", "svc/orders")].message
@@ -105,8 +105,12 @@ def test_default_deny_scopes_outbound_to_allowed_services() -> None:
     assert {n for t, n in orders if t == "cds"} == {"local-app"}  # orders may call nobody
     inbound = hcm_of(orders[("lds", "inbound")].message)
     names = [f.name for f in inbound.http_filters]
-    assert names == [policy_compile.ALLOW_FILTER, "envoy.filters.http.router"]
-    assert "policy:web-to-orders" in orders[("lds", "inbound")].sources
+    assert names[-3:] == [policy_compile.DENY_FILTER, policy_compile.ALLOW_FILTER, "envoy.filters.http.router"]
+    # the rules ride on RDS `inbound` (policy changes must not touch the listener)
+    assert inbound.rds.route_config_name == "inbound"
+    assert "policy:web-to-orders" in orders[("rds", "inbound")].sources
+    vhost = orders[("rds", "inbound")].message.virtual_hosts[0]
+    assert set(vhost.typed_per_filter_config) == {policy_compile.DENY_FILTER, policy_compile.ALLOW_FILTER}
 
 
 def test_tcp_service_inbound_uses_network_rbac_then_tcp_proxy() -> None:

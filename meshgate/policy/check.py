@@ -1,8 +1,9 @@
 """`policy check`: would this call pass, and which rule decides?
 
-The answer comes from the compiled filters themselves: `check` unpacks the
-exact RBAC messages `http_rbac_filters` / `network_rbac_filters` produce for
-the target and evaluates them in filter order (evaluate.py), after the same
+The answer comes from the compiled configuration itself: `check` unpacks the
+exact messages Envoy gets (the listener's RBAC filters, overridden by the
+inbound route's RBACPerRoute; or the network RBAC filters for tcp) and
+evaluates them in filter order (evaluate.py), after the same
 path normalization the hardened HCM applies (paths.py). So it agrees with
 Envoy by construction; tests compare it with the real Envoy too.
 """
@@ -18,7 +19,7 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as net_rbac
 
 from meshgate.errors import NotFound, ValidationError, Violation
 from meshgate.model import World
-from meshgate.policy.compile import http_rbac_filters, network_rbac_filters
+from meshgate.policy.compile import http_rbac_filters, http_rbac_per_route, network_rbac_filters
 from meshgate.policy.evaluate import Request, engine_decision, matching_policies
 from meshgate.policy.paths import normalize_request_path
 from meshgate.policy.validate import ANY_SOURCE, EDGE_PREFIX
@@ -69,17 +70,40 @@ def caller_identity(world: World, caller: str) -> str:
     return world.mesh.service_identity(caller)
 
 
-def _unpack(filters, cls) -> list[tuple[str, rbac.RBAC | None, rbac.RBAC | None]]:  # type: ignore[no-untyped-def]
+def _rules(cfg) -> tuple[rbac.RBAC | None, rbac.RBAC | None]:  # type: ignore[no-untyped-def]
+    return (
+        cfg.rules if cfg.HasField("rules") else None,
+        cfg.shadow_rules if cfg.HasField("shadow_rules") else None,
+    )
+
+
+def effective_http_rbac(world: World, target: str) -> list[tuple[str, rbac.RBAC | None, rbac.RBAC | None]]:
+    """What Envoy runs for a request to `target`: the listener's RBAC filters, each
+    replaced by the inbound route's RBACPerRoute (or skipped when that switches it off)."""
+    per_route = http_rbac_per_route(world, target)
     out = []
-    for f in filters:
-        cfg = cls()
+    for f in http_rbac_filters(world, target):
+        cfg = http_rbac.RBAC()
         if not f.typed_config.Unpack(cfg):
-            raise TypeError(f"filter {f.name} is not {cls.DESCRIPTOR.full_name}")
-        out.append((
-            f.name,
-            cfg.rules if cfg.HasField("rules") else None,
-            cfg.shadow_rules if cfg.HasField("shadow_rules") else None,
-        ))
+            raise TypeError(f"filter {f.name} is not an HTTP RBAC config")
+        if f.name in per_route:
+            override = http_rbac.RBACPerRoute()
+            if not per_route[f.name].Unpack(override):
+                raise TypeError(f"per-route config of {f.name} is not RBACPerRoute")
+            if not override.HasField("rbac"):
+                continue  # switched off for this route
+            cfg = override.rbac
+        out.append((f.name, *_rules(cfg)))
+    return out
+
+
+def network_rbac(world: World, target: str) -> list[tuple[str, rbac.RBAC | None, rbac.RBAC | None]]:
+    out = []
+    for f in network_rbac_filters(world, target):
+        cfg = net_rbac.RBAC()
+        if not f.typed_config.Unpack(cfg):
+            raise TypeError(f"filter {f.name} is not a network RBAC config")
+        out.append((f.name, *_rules(cfg)))
     return out
 
 
@@ -104,7 +128,7 @@ def check(
     hdrs[":method"] = method
 
     if svc.protocol == "tcp":
-        compiled = _unpack(network_rbac_filters(world, target), net_rbac.RBAC)
+        compiled = network_rbac(world, target)
         norm_path = None
         req = Request(principal=principal, path="", headers={})
     else:
@@ -122,7 +146,7 @@ def check(
         norm_path = normalized.path
         hdrs[":path"] = norm_path
         req = Request(principal=principal, path=norm_path, headers=hdrs)
-        compiled = _unpack(http_rbac_filters(world, target), http_rbac.RBAC)
+        compiled = effective_http_rbac(world, target)
 
     audit: list[str] = []
     would_allow = True

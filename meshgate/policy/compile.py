@@ -2,12 +2,25 @@
 
 How the semantics map onto Envoy (docs/policy.md explains it to users):
 
-- On a target's inbound listener run up to two RBAC filters, in order:
+- A target's inbound HTTP connection manager always runs two RBAC filters, in
+  order, before the router:
   1. `meshgate.rbac.deny`: a DENY-action RBAC holding the target's deny rules.
-     Present only when the target has deny rules. Deny wins because it runs first.
-  2. `meshgate.rbac.allow`: an ALLOW-action RBAC holding the allow rules.
-     Present only when the mesh default is deny; with no allow rule it holds
-     no policy and so refuses everything (default deny).
+     Deny wins because it runs first.
+  2. `meshgate.rbac.allow`: an ALLOW-action RBAC holding the allow rules. With
+     no allow rule it holds no policy and so refuses everything (default deny).
+- The rules themselves travel in the inbound ROUTE configuration (RDS), as
+  `typed_per_filter_config` (RBACPerRoute) on its virtual host
+  (`http_rbac_per_route`). The filters in the listener hold only stat
+  prefixes and a fail-closed default (the allow filter refuses everything).
+  Why: a listener change makes Envoy drain the old listener, and connections
+  already open (pooled HTTP/2 from callers' sidecars) keep the OLD rules for
+  up to the drain time (10 minutes by default); measured. A route change
+  applies to the very next request on every connection.
+  A filter that has nothing to do for a target is switched off per route
+  (RBACPerRoute without `rbac`): the deny filter without deny rules, the
+  allow filter when the mesh default is allow.
+- tcp targets: the network RBAC filters sit in the listener (there are no
+  routes); a change applies to new connections.
 - Each Envoy policy is named by the rule id: a denial reads
   `rbac_access_denied_matched_policy[<rule id>]` (`[none]` when the default
   deny decided).
@@ -183,20 +196,53 @@ def compiled_rbac(world: World, service: str, *, http: bool) -> list[tuple[str, 
     return out
 
 
+def _stats_only(name: str) -> http_rbac.RBAC:
+    """The listener-side config: stat prefixes, per-rule counters, a fail-closed default.
+
+    Envoy names enforced and shadow counters after these prefixes even when a
+    route overrides the rules (measured), so they live here:
+    http.<hcm>.rbac.<prefix>{allowed,denied}, ...policy.<rule id>.<result>.
+    """
+    cfg = http_rbac.RBAC(
+        rules_stat_prefix=STAT_PREFIX[name],
+        shadow_rules_stat_prefix=SHADOW_STAT_PREFIX[name],
+        track_per_rule_stats=True,
+    )
+    if name == ALLOW_FILTER:
+        cfg.rules.CopyFrom(rbac.RBAC(action=rbac.RBAC.ALLOW))  # no route config: refuse all
+    return cfg
+
+
 def http_rbac_filters(world: World, service: str) -> list[hcm.HttpFilter]:
-    """RBAC filters for `service`'s inbound HTTP connection manager, before the router."""
-    filters = []
-    for name, live, shadow in compiled_rbac(world, service, http=True):
-        # per-rule counters: http.<hcm>.rbac.<prefix>policy.<rule id>.{allowed,denied,
-        # shadow_allowed,shadow_denied}, so each audit rule's would-deny count is visible
-        cfg = http_rbac.RBAC(rules_stat_prefix=STAT_PREFIX[name], track_per_rule_stats=True)
-        if live is not None:
-            cfg.rules.CopyFrom(live)
-        if shadow is not None:
-            cfg.shadow_rules.CopyFrom(shadow)
-            cfg.shadow_rules_stat_prefix = SHADOW_STAT_PREFIX[name]
-        filters.append(hcm.HttpFilter(name=name, typed_config=_any(cfg)))
-    return filters
+    """The two RBAC filters for `service`'s inbound HCM, before the router.
+
+    They do not depend on the policies (so policy changes never touch the
+    listener); the rules come from `http_rbac_per_route` on the inbound route.
+    `world` and `service` are kept for the callers' sake (and future use).
+    """
+    return [hcm.HttpFilter(name=n, typed_config=_any(_stats_only(n))) for n in (DENY_FILTER, ALLOW_FILTER)]
+
+
+def http_rbac_per_route(world: World, service: str) -> dict[str, any_pb2.Any]:
+    """`typed_per_filter_config` for the inbound virtual host of `service`:
+    filter name -> packed RBACPerRoute (rules, or none to switch the filter off)."""
+    compiled = {name: (live, shadow) for name, live, shadow in compiled_rbac(world, service, http=True)}
+    out: dict[str, any_pb2.Any] = {}
+    for name in (DENY_FILTER, ALLOW_FILTER):
+        per_route = http_rbac.RBACPerRoute()
+        if name in compiled:
+            live, shadow = compiled[name]
+            cfg = _stats_only(name)
+            cfg.ClearField("rules")
+            if live is not None:
+                cfg.rules.CopyFrom(live)
+            if shadow is not None:
+                cfg.shadow_rules.CopyFrom(shadow)
+            else:
+                cfg.ClearField("shadow_rules_stat_prefix")
+            per_route.rbac.CopyFrom(cfg)
+        out[name] = _any(per_route)
+    return out
 
 
 def network_rbac_filters(world: World, service: str) -> list[listener_components_pb2.Filter]:

@@ -22,6 +22,7 @@ from meshgate.xds.translate.generated import Generated, Options
 from meshgate.xds.translate.hcm import http_manager
 from meshgate.xds.translate.names import (
     INBOUND_LISTENER,
+    INBOUND_ROUTE,
     LOCAL_APP_CLUSTER,
     OUTBOUND_LISTENER,
     OUTBOUND_ROUTE,
@@ -29,7 +30,6 @@ from meshgate.xds.translate.names import (
     service_cluster_name,
     tcp_listener_name,
 )
-from meshgate.xds.translate.routes import local_app_route_config
 
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
@@ -68,7 +68,7 @@ def inbound_listener(
         filters = [
             http_manager(
                 "inbound",
-                route_config=local_app_route_config(LOCAL_APP_CLUSTER, service.protocol == "grpc"),
+                rds_name=INBOUND_ROUTE,  # the rules ride on the route (routes.inbound_route_config)
                 http_filters=http_filters,
                 access_log=options.http_access_log,
                 forward_client_identity=True,
@@ -107,9 +107,11 @@ def inbound_listener(
     return Generated(
         types.LISTENER,
         INBOUND_LISTENER,
+    INBOUND_ROUTE,
         listener,
         sources=own + sources,
-        refs=((types.CLUSTER, LOCAL_APP_CLUSTER), (types.SECRET, tls.SECRET_IDENTITY), (types.SECRET, tls.SECRET_TRUST)),
+        refs=((types.CLUSTER, LOCAL_APP_CLUSTER), (types.SECRET, tls.SECRET_IDENTITY), (types.SECRET, tls.SECRET_TRUST))
+        + (((types.ROUTE, INBOUND_ROUTE),) if service.protocol != "tcp" else ()),
     )
 
 

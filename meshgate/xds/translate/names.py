@@ -4,6 +4,7 @@ from __future__ import annotations
 
 LOCAL_APP_CLUSTER = "local-app"
 INBOUND_LISTENER = "inbound"
+INBOUND_ROUTE = "inbound"  # RDS: the local app route, carrying the RBAC rules
 OUTBOUND_LISTENER = "outbound"
 OUTBOUND_ROUTE = "outbound"
 TCP_LISTENER_PREFIX = "outbound-tcp/"

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from google.protobuf import any_pb2
 
 from meshgate.model import Service
 from meshgate.xds import types
 from meshgate.xds.translate.common import seconds
 from meshgate.xds.translate.generated import Generated
-from meshgate.xds.translate.names import OUTBOUND_ROUTE, service_cluster_name
+from meshgate.xds.translate.names import INBOUND_ROUTE, OUTBOUND_ROUTE, service_cluster_name
 
 NO_ROUTE_BODY = (
     "meshgate: no route: the Host header names no service this sidecar may call "
@@ -63,9 +64,20 @@ def outbound_route_config(upstreams: Iterable[Service]) -> Generated:
     )
 
 
-def local_app_route_config(cluster: str, grpc: bool) -> route_pb2.RouteConfiguration:
-    """The inbound listener's inline routes: everything to the local app."""
-    return route_pb2.RouteConfiguration(
-        name="inbound",
-        virtual_hosts=[rc.VirtualHost(name="local-app", domains=["*"], routes=[_route_to(cluster, grpc)])],
+def local_app_route_config(cluster: str, grpc: bool,
+                           per_filter: Mapping[str, any_pb2.Any] | None = None) -> route_pb2.RouteConfiguration:
+    """The inbound routes: everything to the local app. `per_filter` is the RBAC
+    rules (meshgate.policy.compile.http_rbac_per_route) for the inbound HCM's filters."""
+    vhost = rc.VirtualHost(name="local-app", domains=["*"], routes=[_route_to(cluster, grpc)])
+    for name, config in (per_filter or {}).items():
+        vhost.typed_per_filter_config[name].CopyFrom(config)
+    return route_pb2.RouteConfiguration(name=INBOUND_ROUTE, virtual_hosts=[vhost])
+
+
+def inbound_route_config(cluster: str, grpc: bool, per_filter: Mapping[str, any_pb2.Any],
+                         sources: tuple[str, ...]) -> Generated:
+    """RDS `inbound`: policy changes travel here, so they reach open connections at once
+    (a listener change would leave them on the draining old listener)."""
+    return Generated(
+        types.ROUTE, INBOUND_ROUTE, local_app_route_config(cluster, grpc, per_filter), sources=sources
     )

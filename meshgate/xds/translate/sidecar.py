@@ -19,8 +19,9 @@ from meshgate.xds.translate.listeners import (
     outbound_listener,
     tcp_outbound_listener,
 )
+from meshgate.xds.translate.names import LOCAL_APP_CLUSTER
 from meshgate.xds.translate.plan import Plan, run
-from meshgate.xds.translate.routes import outbound_route_config
+from meshgate.xds.translate.routes import inbound_route_config, outbound_route_config
 
 
 def sidecar_plan(index: WorldIndex, proxy: Proxy, options: Options) -> Plan:
@@ -34,7 +35,7 @@ def sidecar_plan(index: WorldIndex, proxy: Proxy, options: Options) -> Plan:
         # Until an instance names this sidecar (CLI `--proxy`, or self-registration
         # when it connects) there is no inbound side: nothing to listen for.
         own.append(run(proxy, "local-app cluster", local_app_cluster, service, instance))
-        own.append(run(proxy, "inbound listener", _inbound, index, service, instance, options))
+        own.extend(run(proxy, "inbound listener", _inbound, index, service, instance, options))
     upstreams = sorted(index.reachable(service.name))
     upstream_services = [world.services[u] for u in upstreams if u in world.services]
     own.append(run(proxy, "outbound listener", outbound_listener, proxy.outbound_port, options))
@@ -45,21 +46,24 @@ def sidecar_plan(index: WorldIndex, proxy: Proxy, options: Options) -> Plan:
     return Plan(own=tuple(own), upstreams=tuple(s.name for s in upstream_services))
 
 
-def _inbound(index: WorldIndex, service, instance, options: Options) -> Generated:  # type: ignore[no-untyped-def]
+def _inbound(index: WorldIndex, service, instance, options: Options) -> list[Generated]:  # type: ignore[no-untyped-def]
+    """The inbound listener, and for HTTP/gRPC the `inbound` route carrying the RBAC rules.
+
+    HTTP rules live on the route so a policy change never touches the listener
+    (see meshgate.policy.compile); the listener's RBAC filters are fixed.
+    """
     scoped = index.target_world(service.name)
+    rules = policy_compile.rule_sources(scoped, service.name)
     if service.protocol == "tcp":
-        net, http = policy_compile.network_rbac_filters(scoped, service.name), []
-    else:
-        net, http = [], policy_compile.http_rbac_filters(scoped, service.name)
-    return inbound_listener(
-        index.world.mesh,
-        service,
-        instance,
-        http_filters=http,
-        network_filters=net,
-        options=options,
-        sources=policy_compile.rule_sources(scoped, service.name),
+        net = policy_compile.network_rbac_filters(scoped, service.name)
+        return [inbound_listener(index.world.mesh, service, instance, network_filters=net,
+                                 options=options, sources=rules)]
+    http = policy_compile.http_rbac_filters(scoped, service.name)
+    route = inbound_route_config(
+        LOCAL_APP_CLUSTER, service.protocol == "grpc",
+        policy_compile.http_rbac_per_route(scoped, service.name), rules,
     )
+    return [inbound_listener(index.world.mesh, service, instance, http_filters=http, options=options), route]
 
 
 def service_parts(index: WorldIndex, service_name: str) -> tuple[Generated, Generated]:
