@@ -318,3 +318,53 @@ class StaticInbound:
             if len(lines) >= count or time.monotonic() > deadline:
                 return lines
             time.sleep(0.05)
+
+
+# ---- calls through a mesh (tests/test_policy_envoy_mesh.py) -------------------------------
+
+def wait_until(what: str, check: Any, timeout: float = 10.0) -> Any:
+    """Poll `check()` until it returns something true; AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except OSError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def http_call(port: int, host: str, path: str, method: str = "GET") -> tuple[int, str]:
+    """One plaintext request to a sidecar's outbound port: (status, body)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path, body=b"x" if method == "POST" else None, headers={"Host": host})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def mtls_call(port: int, workdir: Path, bundle: str, chain: str, key: str, path: str = "/") -> int:
+    """One request straight to a sidecar's inbound port with a client certificate: the status."""
+    import http.client
+
+    (workdir / "caller.crt").write_text(chain)
+    (workdir / "caller.key").write_text(key)
+    ctx = ssl.create_default_context(cadata=bundle)
+    ctx.check_hostname = False  # SPIFFE certificates carry no host name
+    ctx.load_cert_chain(workdir / "caller.crt", workdir / "caller.key")
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()

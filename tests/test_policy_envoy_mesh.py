@@ -30,7 +30,7 @@ from meshgate.cli import cli
 from meshgate.fleet.app import App
 from meshgate.fleet.envoy import EnvoyProcess, free_port
 from meshgate.store.db import open_store
-from tests.mtls_support import http_get, tls_get, wait_for
+from tests.policy_envoy_kit import http_call, mtls_call, wait_until
 from tests.xds_support import instance
 
 pytestmark = pytest.mark.envoy
@@ -55,7 +55,7 @@ class Mesh:
         return r.output
 
     def call(self, caller: str, path: str) -> int:
-        return http_get(self.outbound[caller], "orders", path)[0]
+        return http_call(self.outbound[caller], "orders", path)[0]
 
     def stat(self, name: str) -> int:
         return self.envoys["orders-1"].stat(name)
@@ -112,7 +112,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     server = _serve(db, xds_port, admin_port, work / "serve.log")
     envoys: dict[str, EnvoyProcess] = {}
     try:
-        wait_for("meshgate serve", lambda: urllib.request.urlopen(  # noqa: S310
+        wait_until("meshgate serve", lambda: urllib.request.urlopen(  # noqa: S310
             f"http://127.0.0.1:{admin_port}/healthz", timeout=1).status == 200, 20)
         for name, token in tokens.items():
             out = work / f"{name}.json"
@@ -122,7 +122,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         for e in envoys.values():
             e.wait_live()
         m = Mesh(db, work, envoys, outbound, orders_inbound, apps)
-        wait_for("web -> orders", lambda: m.call("web", "/api/items") == 200, 20)
+        wait_until("web -> orders", lambda: m.call("web", "/api/items") == 200, 20)
         yield m
     finally:
         for e in envoys.values():
@@ -138,8 +138,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
 
 def test_allowed_call_reaches_the_app(mesh: Mesh) -> None:
-    status, body = http_get(mesh.outbound["web"], "orders", "/api/items?page=2")
-    assert status == 200, body
+    status, text = http_call(mesh.outbound["web"], "orders", "/api/items?page=2")
+    assert status == 200, text
+    body = json.loads(text)
     assert body["service"] == "orders" and body["path"] == "/api/items?page=2"
     assert f"URI=spiffe://{TD}/svc/web" in body["headers"]["x-forwarded-client-cert"]
 
@@ -147,17 +148,13 @@ def test_allowed_call_reaches_the_app(mesh: Mesh) -> None:
 def test_denied_call_is_403_and_envoy_counts_the_rule(mesh: Mesh) -> None:
     for path in ("/admin", "/admin/users", "/api/../admin", "/ADMIN", "//admin"):
         before = mesh.stat(DENY_STAT.format("no-admin"))
-        status, body = http_get(mesh.outbound["web"], "orders", path)
+        status, body = http_call(mesh.outbound["web"], "orders", path)
         assert status == 403, (path, body)
-        assert "RBAC: access denied" in str(body)
+        assert "RBAC: access denied" in body
         assert mesh.stat(DENY_STAT.format("no-admin")) == before + 1, path
     # not allowed by any rule (POST is not in web-reads): the default decides
     before = mesh.stat(DEFAULT_DENY_STAT)
-    req = urllib.request.Request(f"http://127.0.0.1:{mesh.outbound['web']}/api/items", data=b"x",
-                                 headers={"Host": "orders"}, method="POST")
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(req, timeout=5)  # noqa: S310 - loopback
-    assert err.value.code == 403
+    assert http_call(mesh.outbound["web"], "orders", "/api/items", "POST")[0] == 403
     assert mesh.stat(DEFAULT_DENY_STAT) == before + 1
 
 
@@ -186,8 +183,9 @@ def test_default_deny_blocks_an_unlisted_pair(mesh: Mesh, tmp_path: Path) -> Non
     finally:
         engine.dispose()
     before = mesh.stat(DEFAULT_DENY_STAT)
-    got = tls_get(mesh.orders_inbound, tmp_path, bundle, ident.cert_chain_pem, ident.key_pem)
-    assert got.startswith("HTTP/1.1 403"), got
+    got = mtls_call(mesh.orders_inbound, tmp_path, bundle, ident.cert_chain_pem, ident.key_pem,
+                    "/api/items")
+    assert got == 403
     assert mesh.stat(DEFAULT_DENY_STAT) == before + 1
 
 
@@ -197,18 +195,18 @@ def test_adding_and_removing_policies_takes_effect_without_restart(mesh: Mesh) -
     # a new allow rule: other gets a route and passes orders' RBAC
     mesh.cli("policy", "allow", "--from", "other", "--to", "orders", "--id", "other-orders")
     try:
-        wait_for("other -> orders allowed", lambda: mesh.call("other", "/api/items") == 200, 10)
+        wait_until("other -> orders allowed", lambda: mesh.call("other", "/api/items") == 200, 10)
     finally:
         mesh.cli("policy", "remove", "other-orders")
-    wait_for("other -> orders blocked again", lambda: mesh.call("other", "/api/items") in (403, 404), 10)
+    wait_until("other -> orders blocked again", lambda: mesh.call("other", "/api/items") in (403, 404), 10)
     # removing the deny rule lets web reach /admin (web-admin allows it); adding it back denies
     mesh.cli("policy", "remove", "no-admin")
     try:
-        wait_for("/admin allowed", lambda: mesh.call("web", "/admin") == 200, 10)
+        wait_until("/admin allowed", lambda: mesh.call("web", "/admin") == 200, 10)
     finally:
         mesh.cli("policy", "deny", "--from", "*", "--to", "orders", "--path-prefix", "/admin",
                  "--id", "no-admin")
-    wait_for("/admin denied again", lambda: mesh.call("web", "/admin") == 403, 10)
+    wait_until("/admin denied again", lambda: mesh.call("web", "/admin") == 403, 10)
     assert mesh.pids() == pids  # no Envoy restarted
     for e in mesh.envoys.values():
         assert e.stat("listener_manager.lds.update_rejected") == 0

@@ -349,3 +349,51 @@ def test_access_log_is_filtered_in_envoy() -> None:
     flag, cel = tcp.filter.or_filter.filters
     assert flag.WhichOneof("filter_specifier") == "response_flag_filter"
     assert cel.extension_filter.name == "envoy.access_loggers.extension_filters.cel"
+
+
+# ---- serve wiring ---------------------------------------------------------------------------
+
+def test_retention_from_env_names_bad_settings() -> None:
+    from meshgate.errors import ValidationError
+    from meshgate.telemetry.service import retention_from_env
+
+    assert retention_from_env({}) == store.Retention()
+    r = retention_from_env({"MESHGATE_DENIALS_MAX_ROWS": "500", "MESHGATE_DENIALS_MAX_AGE": "2d"})
+    assert (r.max_rows, r.max_age_seconds) == (500, 2 * 86400)
+    with pytest.raises(ValidationError) as err:
+        retention_from_env({"MESHGATE_DENIALS_MAX_ROWS": "0", "MESHGATE_DENIALS_MAX_AGE": "soon"})
+    assert {v.field for v in err.value.violations} == {
+        "MESHGATE_DENIALS_MAX_ROWS", "MESHGATE_DENIALS_MAX_AGE"}
+
+
+def test_token_authenticator_uses_the_xds_check() -> None:
+    from meshgate.telemetry.service import token_authenticator
+
+    class Auth:  # the xDS Authenticator's shape: raises when the token does not fit
+        def authenticate(self, metadata, node_id):  # type: ignore[no-untyped-def]
+            if ("authorization", f"Bearer {node_id}-t") not in list(metadata):
+                raise PermissionError(f"bad token for {node_id}")
+
+    check = token_authenticator(Auth(), known_proxy=lambda n: n == "orders-1")
+    assert check("orders-1", {"authorization": "Bearer orders-1-t"}, "metrics")
+    with pytest.raises(PermissionError, match="bad token"):
+        check("orders-1", {}, "metrics")  # stats streams always need the token
+    # access logs come from shared listener config: no token, but a known proxy
+    assert check("orders-1", {}, "access-log")
+    with pytest.raises(PermissionError, match="unknown or revoked"):
+        check("intruder", {}, "access-log")
+    with pytest.raises(PermissionError, match="bad token"):
+        check("orders-1", {"authorization": "Bearer wrong"}, "access-log")
+
+
+def test_translate_options_add_the_access_logs() -> None:
+    from meshgate.telemetry.service import Telemetry
+
+    opts = Telemetry.translate_options()
+    (http_log,) = opts.http_access_log
+    (tcp_log,) = opts.tcp_access_log
+    assert (http_log.name, tcp_log.name) == ("envoy.access_loggers.http_grpc",
+                                             "envoy.access_loggers.tcp_grpc")
+    cfg = als_pb2.HttpGrpcAccessLogConfig()
+    http_log.typed_config.Unpack(cfg)
+    assert cfg.common_config.grpc_service.envoy_grpc.cluster_name == "meshgate-xds"

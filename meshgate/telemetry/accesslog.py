@@ -151,7 +151,7 @@ def read_http_entry(entry, proxy: str, node_service: str | None,  # type: ignore
     status = resp.response_code.value if resp.HasField("response_code") else None
     details = resp.response_code_details
     flags = response_flags(common)
-    base = {
+    base: dict[str, Any] = {
         "at": _time(common, now), "proxy": proxy, "caller": _caller(common),
         "callee": _callee(common, node_service), "route": common.route_name or None,
         "method": base_pb2.RequestMethod.Name(req.request_method) if req.request_method else None,
@@ -194,7 +194,7 @@ def read_tcp_entry(entry, proxy: str, node_service: str | None, now: float  # ty
     common = entry.common_properties
     details = common.connection_termination_details
     flags = response_flags(common)
-    base = {
+    base: dict[str, Any] = {
         "at": _time(common, now), "proxy": proxy, "caller": _caller(common),
         "callee": _callee(common, node_service), "route": common.route_name or None,
         "method": None, "path": None, "status": None,

@@ -85,7 +85,7 @@ class TelemetryHub:
         self.window = float(window_seconds)
         self.proxy_service = proxy_service
         self.route_service = route_service
-        self._authenticate = authenticate
+        self.auth_check = authenticate  # (node_id, metadata, stream) -> bool, or raises
         self.writer = denial_writer
         self.inbound_prefix = inbound_prefix
         self.clock = clock
@@ -103,8 +103,8 @@ class TelemetryHub:
     # ---- identity -------------------------------------------------------------------------
 
     def authenticate(self, node_id: str, metadata: Mapping[str, str], stream: str) -> bool:
-        return True if self._authenticate is None else bool(
-            self._authenticate(node_id, metadata, stream))
+        return True if self.auth_check is None else bool(
+            self.auth_check(node_id, metadata, stream))
 
     def service_of(self, node_id: str, node_cluster: str = "") -> str:
         if self.proxy_service is not None:

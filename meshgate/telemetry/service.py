@@ -138,7 +138,7 @@ class Telemetry:
                 return None
             return next((r.service for r in w.routes if r.id == route), None)
 
-        self.hub._authenticate = token_authenticator(server.auth, known_proxy)
+        self.hub.auth_check = token_authenticator(server.auth, known_proxy)
         self.hub.proxy_service = proxy_service
         self.hub.route_service = route_service
 
