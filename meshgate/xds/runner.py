@@ -104,10 +104,23 @@ def tls_credentials(issuer: Any, hostnames: list[str]) -> grpc.ServerCredentials
     return grpc.dynamic_ssl_server_credentials(config(), fetch, require_client_authentication=False)
 
 
-def rotation_step(engine: Engine, now: float) -> Any:
+def rotation_step(issuer: Any) -> Callable[[Engine, float], Any]:
+    """Every tick (in a thread): advance a CA rotation, then re-read the CA rows.
+
+    The reload matters when the signer changes but the trust roots do not
+    (reissuing; an intermediate under the same root): nothing in the World
+    moves, yet every identity from the old signer must be renewed. After the
+    reload the issuer's `next_refresh` is due at once, so the next tick pushes
+    new identities; the xDS port's certificate follows the signer too.
+    """
     from meshgate.ca import rotation
 
-    return rotation.advance(engine, now, actor="meshgate serve")
+    def step(engine: Engine, now: float) -> Any:
+        phase = rotation.advance(engine, now, actor="meshgate serve")
+        issuer.reload()
+        return phase
+
+    return step
 
 
 async def serve(engine: Engine, db_url: str, cfg: ServeConfig,
@@ -139,7 +152,7 @@ async def serve(engine: Engine, db_url: str, cfg: ServeConfig,
         kwargs.setdefault("metrics", telemetry.metrics)
         kwargs["servicers"] = [*kwargs.get("servicers", ()), telemetry.register]
     server = XdsServer(engine, secrets=secrets, replica=replica_name(cfg),
-                       rotation=rotation_step if issuer is not None else None, **kwargs)
+                       rotation=rotation_step(issuer) if issuer is not None else None, **kwargs)
     if telemetry is not None:
         telemetry.bind(server)
     stop = stop or asyncio.Event()
