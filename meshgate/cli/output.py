@@ -50,6 +50,7 @@ def emit(
         click.echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip())
         return
     from rich.console import Console
+    from rich.markup import escape  # values are data: "[resources: ...]" is not rich markup
     from rich.table import Table
 
     console = Console(soft_wrap=True)
@@ -62,7 +63,7 @@ def emit(
         table.add_column("field", style="bold")
         table.add_column("value", overflow="fold")
         for k, v in data.items():
-            table.add_row(k, _cell(v))
+            table.add_row(k, escape(_cell(v)))
         console.print(table)
         return
     rows = list(data)
@@ -71,7 +72,7 @@ def emit(
     for c in cols:
         table.add_column(c, overflow="fold")
     for r in rows:
-        table.add_row(*(_cell(r.get(c)) for c in cols))
+        table.add_row(*(escape(_cell(r.get(c))) for c in cols))
     if not rows:
         click.echo("(none)")
         return
