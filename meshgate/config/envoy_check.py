@@ -31,14 +31,22 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from meshgate.model import World
+from meshgate.model import Proxy, World
 from meshgate.xds import types
-from meshgate.xds.translate.generated import Generated
+from meshgate.xds.translate.generated import Generated, Options
 
 TIMEOUT_S = 60.0
 JOBS = 2
-_CERT_FIELDS = ("tlsCertificateSdsSecretConfigs",)
-_CA_FIELDS = ("validationContextSdsSecretConfig",)
+_CERT_FIELDS = ("tls_certificate_sds_secret_configs",)
+_CA_FIELDS = ("validation_context_sds_secret_config",)
+
+
+def server_options() -> Options:
+    """The translation options `meshgate serve` uses by default (telemetry's access
+    logs in every HCM and TCP proxy), so plans and validation see the same bytes."""
+    from meshgate.telemetry.service import Telemetry
+
+    return Telemetry.translate_options()  # type: ignore[no-any-return]
 
 
 @lru_cache(maxsize=1)
@@ -69,13 +77,13 @@ def throwaway_pair() -> tuple[str, str]:
 
 
 def _to_json(g: Generated) -> dict[str, Any]:
-    return json_format.MessageToDict(g.message, preserving_proto_field_name=False)
+    return json_format.MessageToDict(g.message, preserving_proto_field_name=True)
 
 
 def _strip_sds(node: Any, certs: set[str], cas: set[str]) -> None:
     """Drop every `sdsConfig` and note which secret names hold certificates or CAs."""
     if isinstance(node, dict):
-        node.pop("sdsConfig", None)
+        node.pop("sds_config", None)
         for k, v in node.items():
             if k in _CERT_FIELDS:
                 certs.update(x.get("name", "") for x in v)
@@ -90,10 +98,10 @@ def _strip_sds(node: Any, certs: set[str], cas: set[str]) -> None:
 def _inline_rds(node: Any, routes: dict[str, dict[str, Any]]) -> None:
     if isinstance(node, dict):
         rds = node.get("rds")
-        if isinstance(rds, dict) and "routeConfigName" in rds:
+        if isinstance(rds, dict) and "route_config_name" in rds:
             del node["rds"]
-            name = rds["routeConfigName"]
-            node["routeConfig"] = routes.get(name, {"name": name})
+            name = rds["route_config_name"]
+            node["route_config"] = routes.get(name, {"name": name})
         for v in node.values():
             _inline_rds(v, routes)
     elif isinstance(node, list):
@@ -101,8 +109,13 @@ def _inline_rds(node: Any, routes: dict[str, dict[str, Any]]) -> None:
             _inline_rds(v, routes)
 
 
-def static_bootstrap(proxy: str, resources: Iterable[Generated]) -> dict[str, Any]:
-    """One proxy's resources as a bootstrap Envoy can `--mode validate` (see module doc)."""
+def static_bootstrap(proxy: Proxy, resources: Iterable[Generated]) -> dict[str, Any]:
+    """One proxy's resources inside the bootstrap `meshgate proxy bootstrap` writes for
+    it (fleet.bootstrap.render_bootstrap), made static so Envoy can `--mode validate`
+    it (see the module doc): its own clusters (the control plane's, which access
+    logs name) stay, the ADS part goes."""
+    from meshgate.fleet.bootstrap import control_plane_identity, render_bootstrap
+
     by_type: dict[str, list[Generated]] = {}
     for g in resources:
         by_type.setdefault(g.type_url, []).append(g)
@@ -111,10 +124,10 @@ def static_bootstrap(proxy: str, resources: Iterable[Generated]) -> dict[str, An
     clusters = []
     for g in by_type.get(types.CLUSTER, []):
         c = _to_json(g)
-        if c.get("type") == "EDS" or "edsClusterConfig" in c:
-            c.pop("edsClusterConfig", None)
+        if c.get("type") == "EDS" or "eds_cluster_config" in c:
+            c.pop("eds_cluster_config", None)
             c["type"] = "STATIC"
-            c["loadAssignment"] = endpoints.get(g.name, {"clusterName": g.name})
+            c["load_assignment"] = endpoints.get(g.name, {"cluster_name": g.name})
         clusters.append(c)
     listeners = [_to_json(g) for g in by_type.get(types.LISTENER, [])]
     _inline_rds(listeners, routes)
@@ -123,15 +136,19 @@ def static_bootstrap(proxy: str, resources: Iterable[Generated]) -> dict[str, An
     _strip_sds(clusters, certs, cas)
     _strip_sds(listeners, certs, cas)
     cert, key = throwaway_pair()
-    secrets = [{"name": n, "tlsCertificate": {"certificateChain": {"inlineString": cert},
-                                              "privateKey": {"inlineString": key}}} for n in sorted(certs)]
-    secrets += [{"name": n, "validationContext": {"trustedCa": {"inlineString": cert}}}
+    secrets = [{"name": n, "tls_certificate": {"certificate_chain": {"inline_string": cert},
+                                               "private_key": {"inline_string": key}}}
+               for n in sorted(certs)]
+    secrets += [{"name": n, "validation_context": {"trusted_ca": {"inline_string": cert}}}
                 for n in sorted(cas - certs)]
-    return {
-        "node": {"id": proxy, "cluster": proxy},
-        "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": 0}}},
-        "staticResources": {"listeners": listeners, "clusters": clusters, "secrets": secrets},
-    }
+    boot = render_bootstrap(proxy, "validate-only", servers=["127.0.0.1:18000"], admin_port=9901,
+                            xds_ca_pem=cert, xds_san=control_plane_identity("validate.invalid"))
+    boot.pop("dynamic_resources", None)
+    static = boot["static_resources"]
+    static["clusters"] = [*static.get("clusters", []), *clusters]
+    static["listeners"] = listeners
+    static["secrets"] = secrets
+    return boot
 
 
 _LOG_PREFIX = re.compile(r"^(\[[^\]]*\]\s*)+")
@@ -173,18 +190,25 @@ def check_bootstrap(bootstrap: dict[str, Any], timeout: float = TIMEOUT_S) -> st
     return envoy_reason(out)
 
 
-def validate_world(world: World, proxies: Iterable[str], jobs: int = JOBS) -> list[tuple[str, str]]:
+def validate_world(world: World, proxies: Iterable[str], jobs: int = JOBS,
+                   options: Options | None = None) -> list[tuple[str, str]]:
     """[(proxy, reason)] for every proxy whose config Envoy rejects (translation
-    failures count as rejections, with their own message)."""
+    failures count as rejections, with their own message). `options` default to
+    what `meshgate serve` translates with (server_options)."""
     from meshgate.errors import MeshgateError
     from meshgate.xds.translate import WorldIndex, translate_proxy
 
+    options = options if options is not None else server_options()
     index = WorldIndex(world)
     failures: list[tuple[str, str]] = []
     groups: dict[str, tuple[dict[str, Any], list[str]]] = {}
     for name in proxies:
         try:
-            b = static_bootstrap(name, translate_proxy(world, name, index=index))
+            proxy = world.proxies.get(name)
+            if proxy is None:
+                failures.append((name, "no such proxy"))
+                continue
+            b = static_bootstrap(proxy, translate_proxy(world, name, index=index, options=options))
         except MeshgateError as exc:
             failures.append((name, f"cannot translate: {exc}"))
             continue

@@ -60,22 +60,28 @@ class Plan:
         }
 
 
-def resource_versions(world: World, proxy: str, index: Any = None) -> dict[tuple[str, str], str]:
-    """(short type, name) -> version of every resource translation gives `proxy`."""
+def resource_versions(world: World, proxy: str, index: Any = None,
+                      options: Any = None) -> dict[tuple[str, str], str]:
+    """(short type, name) -> version of every resource translation gives `proxy`, with
+    the options `meshgate serve` uses (so the versions are the ones it sends)."""
+    from meshgate.config.envoy_check import server_options
     from meshgate.xds.resources import Resource
     from meshgate.xds.translate import translate_proxy
 
+    options = options if options is not None else server_options()
     return {
         (types.short(g.type_url), g.name): Resource.from_generated(g).version
-        for g in translate_proxy(world, proxy, index=index)
+        for g in translate_proxy(world, proxy, index=index, options=options)
     }
 
 
 def proxy_diffs(before: World, after: World) -> list[ProxyDiff]:
     """Every proxy whose resources differ between the two Worlds (new and removed ones too)."""
+    from meshgate.config.envoy_check import server_options
     from meshgate.errors import MeshgateError
     from meshgate.xds.translate import WorldIndex
 
+    options = server_options()
     index_before, index_after = WorldIndex(before), WorldIndex(after)
     out: list[ProxyDiff] = []
     for name in sorted(set(before.proxies) | set(after.proxies)):
@@ -83,8 +89,8 @@ def proxy_diffs(before: World, after: World) -> list[ProxyDiff]:
         status = "new" if name not in before.proxies else "removed" if name not in after.proxies else "changed"
         d = ProxyDiff(name, proxy.kind, status)
         try:
-            old = resource_versions(before, name, index_before) if name in before.proxies else {}
-            new = resource_versions(after, name, index_after) if name in after.proxies else {}
+            old = resource_versions(before, name, index_before, options) if name in before.proxies else {}
+            new = resource_versions(after, name, index_after, options) if name in after.proxies else {}
         except MeshgateError as exc:
             d.error = str(exc)
             out.append(d)
