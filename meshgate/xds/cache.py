@@ -22,7 +22,9 @@ from meshgate.xds.translate.index import WorldIndex
 
 class ResourceCache:
     def __init__(self) -> None:
-        self._interned: weakref.WeakValueDictionary[tuple[str, str, str], Resource] = (
+        # keyed by content AND provenance: two sidecars' `local-app` can be the same
+        # bytes yet come from different instances
+        self._interned: weakref.WeakValueDictionary[tuple[str, str, str, tuple[str, ...]], Resource] = (
             weakref.WeakValueDictionary()
         )
         self._services: dict[str, tuple[Any, Resource, Resource]] = {}
@@ -40,9 +42,9 @@ class ResourceCache:
         sources: tuple[str, ...] = (),
         refs: tuple[tuple[str, str], ...] = (),
     ) -> Resource:
-        key = (type_url, name, content_version(body))
+        key = (type_url, name, content_version(body), sources)
         got = self._interned.get(key)
-        if got is not None and got.body == body and got.sources == sources:
+        if got is not None and got.body == body:
             return got
         res = Resource.from_bytes(type_url, name, body, sources, refs)
         self._interned[key] = res

@@ -38,6 +38,10 @@ class Snapshot:
             return cached
         return combined_version((n, items[n].version) for n in names if n in items)
 
+    def same_as(self, other: Snapshot) -> bool:
+        """Same resources: interned Resources compare by identity, so this costs no hashing."""
+        return all(self.of(t) == other.of(t) for t in types.PUSH_ORDER)
+
     def versions(self) -> dict[str, str]:
         """Type URL -> type version: two snapshots with equal versions send the same bytes."""
         return {t: self.type_version(t) for t in types.PUSH_ORDER}

@@ -221,6 +221,6 @@ class ConfigState:
             event(log, "snapshot-inconsistent", proxy=entry.proxy.name, problems="; ".join(problems),
                   level=logging.ERROR)
             return False
-        changed = snap.versions() != entry.snapshot.versions()
+        changed = not snap.same_as(entry.snapshot)
         entry.snapshot = snap
         return changed
