@@ -54,7 +54,7 @@ class ReplicaLiveness:
                 continue
             for name in swept:
                 event(log, "replica-gone", level=logging.WARNING, replica=name,
-                      note=f"silent for {self.timeout:g}s; its proxies' status marked disconnected")
+                      note=f"silent for {self.timeout:g}s; status rows it still held are now disconnected")
             if rejoined:
                 names = sorted(self.connected())
                 self.ledger.touch(names)
