@@ -1,5 +1,9 @@
 """`python -m bench` (`make bench`): run every benchmark in bench/ and print its figures.
 
+    python -m bench                      # all of them
+    python -m bench xds_scale            # only these
+    python -m bench xds_scale -- --clients 200 --no-write
+
 Each `bench/<name>.py` (not starting with "_") runs as its own process, one
 after the other, so one benchmark's processes and memory cannot skew the
 next. Arguments after `--` go to every benchmark; a failing benchmark is
@@ -22,7 +26,12 @@ def benchmarks() -> list[Path]:
 
 def main(argv: list[str]) -> int:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    only = [a for a in (argv[: argv.index("--")] if "--" in argv else argv)]
+    only = argv[: argv.index("--")] if "--" in argv else argv
+    known = [p.stem for p in benchmarks()]
+    unknown = [o for o in only if o not in known]
+    if unknown:
+        print(f"no benchmark named {', '.join(unknown)} (there are: {', '.join(known)})")
+        return 2
     failed = []
     for path in benchmarks():
         if only and path.stem not in only:
