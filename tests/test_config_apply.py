@@ -235,3 +235,32 @@ def test_revoked_and_tokens_are_runtime(initialized: Invoke, tmp_path: Path) -> 
     assert initialized("apply", "-f", str(path)).output.startswith("no changes")
     shown = json.loads(initialized("proxy", "list", "-o", "json").output)
     assert [p["revoked"] for p in shown if p["name"] == "orders-1"] == [True]
+
+
+def test_a_failing_check_before_commit_writes_nothing(
+    initialized: Invoke, tmp_path: Path, db: str, db_dump: Callable[[], str]
+) -> None:
+    """apply --validate's last check (the store still gives the World Envoy validated)
+    runs inside the transaction: raising there rolls the whole file back."""
+    from meshgate.config.apply import apply
+    from meshgate.config.load import load_path
+    from meshgate.errors import Conflict
+
+    docs = load_path(str(write_full_config(tmp_path)))
+    before = db_dump()
+    seen: list[int] = []
+
+    def expect(conn: Any) -> None:
+        from meshgate.store.world import load_world_conn
+
+        seen.append(len(load_world_conn(conn).services))  # the writes are visible here
+        raise Conflict("the store changed while Envoy validated")
+
+    engine = open_store(db)
+    try:
+        with pytest.raises(Conflict):
+            apply(engine, docs, expect=expect)
+    finally:
+        engine.dispose()
+    assert seen == [3]
+    assert db_dump() == before
