@@ -13,6 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from meshgate.ca import authority as a
+from meshgate.ca import importing
 from meshgate.ca.errors import CaError, InvalidCaMaterial
 from meshgate.errors import ValidationError
 from tests import ca_factory as f
@@ -134,12 +135,12 @@ def test_import_accepts_a_root_and_an_intermediate_with_chain() -> None:
     rk, ik = f.key(), f.key()
     rcert = f.cert("root", rk, now=_at(NOW))
     icert = f.cert("inter", ik, issuer=(rcert, rk), now=_at(NOW))
-    s = a.validate_import(f.pem(rcert), f.key_pem(rk), "", NOW)
+    s = importing.validate_import(f.pem(rcert), f.key_pem(rk), "", NOW)
     assert s.cert == rcert and s.chain == ()
-    s = a.validate_import(f.pem(icert), f.key_pem(ik), f.pem(rcert), NOW)
+    s = importing.validate_import(f.pem(icert), f.key_pem(ik), f.pem(rcert), NOW)
     assert s.cert == icert and s.chain == (rcert,)
     # the chain may also follow the certificate in the --cert file
-    s = a.validate_import(f.pem(icert) + f.pem(rcert), f.key_pem(ik), "", NOW)
+    s = importing.validate_import(f.pem(icert) + f.pem(rcert), f.key_pem(ik), "", NOW)
     assert s.chain == (rcert,)
 
 
@@ -147,7 +148,7 @@ def test_import_refuses_a_certificate_that_is_not_a_ca() -> None:
     k = f.key()
     leaf = f.cert("leaf", k, ca=False, now=_at(NOW))
     with pytest.raises(InvalidCaMaterial) as e:
-        a.validate_import(f.pem(leaf), f.key_pem(k), "", NOW)
+        importing.validate_import(f.pem(leaf), f.key_pem(k), "", NOW)
     assert "not a CA certificate" in _violations(e.value)["--cert"]
     assert isinstance(e.value, CaError) and e.value.exit_code == 2
 
@@ -156,7 +157,7 @@ def test_import_refuses_a_key_that_does_not_match() -> None:
     k = f.key()
     c = f.cert("root", k, now=_at(NOW))
     with pytest.raises(InvalidCaMaterial) as e:
-        a.validate_import(f.pem(c), f.key_pem(f.key()), "", NOW)
+        importing.validate_import(f.pem(c), f.key_pem(f.key()), "", NOW)
     assert "does not match" in _violations(e.value)["--key"]
 
 
@@ -164,7 +165,7 @@ def test_import_refuses_an_expired_ca_and_lists_every_problem() -> None:
     k = f.key()
     c = f.cert("old", k, days_from=-30, days_to=-1, now=_at(NOW))
     with pytest.raises(InvalidCaMaterial) as e:
-        a.validate_import(f.pem(c), f.key_pem(f.key()), "", NOW)
+        importing.validate_import(f.pem(c), f.key_pem(f.key()), "", NOW)
     v = _violations(e.value)
     assert "expired on" in v["--cert"]
     assert "does not match" in v["--key"]
@@ -175,11 +176,11 @@ def test_import_refuses_garbage_and_password_protected_keys() -> None:
     k = f.key()
     c = f.cert("root", k, now=_at(NOW))
     with pytest.raises(InvalidCaMaterial) as e:
-        a.validate_import("hello", "world", "", NOW)
+        importing.validate_import("hello", "world", "", NOW)
     v = _violations(e.value)
     assert "no PEM certificate" in v["--cert"] and "--key" in v
     with pytest.raises(InvalidCaMaterial) as e:
-        a.validate_import(f.pem(c), f.key_pem(k, password=b"pw"), "", NOW)
+        importing.validate_import(f.pem(c), f.key_pem(k, password=b"pw"), "", NOW)
     assert "encrypted with a password" in _violations(e.value)["--key"]
 
 
@@ -189,13 +190,35 @@ def test_import_of_intermediate_needs_a_chain_to_a_self_signed_root() -> None:
     icert = f.cert("inter", ik, issuer=(rcert, rk), now=_at(NOW))
     other = f.cert("other", ok, now=_at(NOW))
     with pytest.raises(InvalidCaMaterial) as e:
-        a.validate_import(f.pem(icert), f.key_pem(ik), "", NOW)
+        importing.validate_import(f.pem(icert), f.key_pem(ik), "", NOW)
     assert "required" in _violations(e.value)["--chain"]
     with pytest.raises(InvalidCaMaterial) as e:
-        a.validate_import(f.pem(icert), f.key_pem(ik), f.pem(other), NOW)
+        importing.validate_import(f.pem(icert), f.key_pem(ik), f.pem(other), NOW)
     assert "did not issue" in _violations(e.value)["--chain[0]"]
     leafish = f.cert("not-ca", ok, issuer=(rcert, rk), ca=False, now=_at(NOW))
     with pytest.raises(InvalidCaMaterial) as e:
-        a.validate_import(f.pem(icert), f.key_pem(ik), f.pem(leafish), NOW)
+        importing.validate_import(f.pem(icert), f.key_pem(ik), f.pem(leafish), NOW)
     v = _violations(e.value)
     assert "--chain[0]" in v  # not the issuer, not a CA, and not a self-signed root
+
+
+def test_cross_certificates_let_an_old_root_verify_leaves_of_newer_roots() -> None:
+    """Two rotations: a client still trusting only root 1 verifies a root-3 server certificate."""
+    (r1, k1), (r2, k2), (r3, k3) = (a.create_root(TD, NOW) for _ in range(3))
+    cross2, cross3 = a.cross_sign(r2, r1, k1), a.cross_sign(r3, r2, k2)
+    assert cross3.subject == r3.subject and a.public_keys_equal(cross3, r3)
+    cross3.verify_directly_issued_by(r2)
+    chain = a.cross_chain(r3, [cross2, cross3])
+    assert chain == [cross3, cross2]
+    assert a.cross_chain(r2, [cross2, cross3]) == [cross2]
+    assert a.cross_chain(r1, [cross2, cross3]) == []
+    leaf = a.issue_leaf(r3, k3, a.new_key().public_key(), spiffe_id=f"spiffe://{TD}/control-plane",
+                        now=NOW, ttl_seconds=600, dns_names=["cp.local"])
+    for trusted in (r1, r2, r3):
+        verifier = PolicyBuilder().store(Store([trusted])).time(_at(NOW)).build_server_verifier(
+            x509.DNSName("cp.local"))
+        assert verifier.verify(leaf, chain)[-1] == trusted
+    # without the cross-certificates, root 1 does not verify it
+    with pytest.raises(VerificationError):
+        PolicyBuilder().store(Store([r1])).time(_at(NOW)).build_server_verifier(
+            x509.DNSName("cp.local")).verify(leaf, [])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from meshgate.ca import authority, rotation
+from meshgate.ca import authority, importing, rotation
 from meshgate.ca.errors import CaKeyError, RotationConflict
 from meshgate.ca.identity import IdentityIssuer
 from meshgate.ca.keys import KeyBox, generate_key
@@ -155,7 +155,7 @@ def test_importing_an_intermediate_of_the_same_root_needs_no_new_trust(tmp_path:
     root_fp = authority.fingerprint(root)
 
     # switch from the generated root to inter1 (a new root: the full dance)
-    rotation.start(engine, box, NOW, signer=authority.validate_import(
+    rotation.start(engine, box, NOW, signer=importing.validate_import(
         f.pem(inter1), f.key_pem(i1), f.pem(root), NOW))
     assert rotation.status(engine)["new_root"] == root_fp
     while rotation.advance(engine, NOW) != "idle":
@@ -167,7 +167,7 @@ def test_importing_an_intermediate_of_the_same_root_needs_no_new_trust(tmp_path:
 
     # inter1 -> inter2: the root stays, nothing retires from the bundle
     set_sds(engine, "a-1", roots=[root_fp], issuer=authority.fingerprint(inter1))
-    rotation.start(engine, box, NOW, signer=authority.validate_import(
+    rotation.start(engine, box, NOW, signer=importing.validate_import(
         f.pem(inter2), f.key_pem(i2), f.pem(root), NOW))
     assert rotation.advance(engine, NOW) == "reissuing"  # every proxy trusts the root already
     assert rotation.status(engine)["retiring_roots"] == []
@@ -200,3 +200,30 @@ def test_rotation_and_issuer_on_both_backends(store_url: str) -> None:
         assert _statuses(engine) == {old_fp: "retired", new_fp: "active"}
     finally:
         engine.dispose()
+
+
+def test_after_rotations_the_server_certificate_still_verifies_under_the_first_root(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.x509.verification import PolicyBuilder, Store
+
+    engine, box = new_store(tmp_path / "m.db", NOW)
+    issuer = IdentityIssuer(engine, box)
+    first_root = authority.load_certs(issuer.trust_bundle_pem())[0]
+    for _ in range(2):
+        rotation.start(engine, box, NOW)
+        while rotation.advance(engine, NOW) != "idle":
+            pass
+    assert issuer.reload()
+    [newest] = authority.load_certs(issuer.trust_bundle_pem())
+    chain_pem, _ = issuer.server_credentials(["cp.local"], NOW)
+    leaf, *rest = authority.load_certs(chain_pem)
+    assert len(rest) == 2  # the newest root under the middle one, the middle under the first
+    for trusted in (first_root, newest):
+        verifier = PolicyBuilder().store(Store([trusted])).time(
+            dt.datetime.fromtimestamp(NOW, dt.UTC)).build_server_verifier(x509.DNSName("cp.local"))
+        assert verifier.verify(leaf, rest)[-1] == trusted
+    # workload identities do not carry them: their peers get the bundle over SDS
+    ident = issuer.identity_for("a-1", SPIFFE, 60, NOW)
+    assert len(authority.split_pems(ident.cert_chain_pem)) == 1

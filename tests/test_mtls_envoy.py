@@ -318,3 +318,17 @@ def test_root_rotation_under_traffic_loses_no_request(mesh: Mesh) -> None:
     show = json.loads(mesh.cli("ca", "show", "-o", "json"))
     assert show["phase"] == "idle" and show["trust_bundle"] == new_root
     assert a.stat("control_plane.connected_state") == 1
+
+
+def test_a_proxy_restarted_from_a_bootstrap_older_than_the_rotation_reconnects(mesh: Mesh) -> None:
+    """A's bootstrap trusts only the retired root; the xDS port's certificate comes from the
+    new root and is presented with a cross-certificate signed by the old one."""
+    a = mesh.envoys["a-1"]
+    bootstrap_roots = json.loads(a.config_path.read_text())
+    assert mesh.bundle().strip() not in json.dumps(bootstrap_roots)  # written before the rotation
+    a.stop()
+    a.start()
+    a.wait_live()
+    wait_for("A reconnected", lambda: a.stat("control_plane.connected_state") == 1, 20)
+    wait_for("a -> b again", lambda: http_get(mesh.a_outbound, "b")[0] == 200, 20)
+    assert raw_http(mesh.c_port).startswith("HTTP/1.1 200")

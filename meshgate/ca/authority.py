@@ -113,7 +113,9 @@ def create_root(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        # no path length limit: after rotations, a client holding an old root
+        # verifies through a chain of cross-certificates (see `cross_sign`)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -141,6 +143,60 @@ def create_root(
         .sign(key, hashes.SHA256())
     )
     return cert, key
+
+
+def cross_sign(subject: x509.Certificate, issuer: x509.Certificate, issuer_key: PrivateKey) -> x509.Certificate:
+    """`subject` (a new root) re-issued by `issuer` (an old root): same name, key and SKI.
+
+    A client that still trusts only the old root (an Envoy bootstrap written
+    before a rotation) verifies `leaf -> cross -> old root`; a client trusting
+    the new root stops at the new root itself. Valid while both are.
+    """
+    not_after = min(subject.not_valid_after_utc, issuer.not_valid_after_utc)
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(subject.subject)
+        .issuer_name(issuer.subject)
+        .public_key(subject.public_key())  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(subject.not_valid_before_utc)
+        .not_valid_after(not_after)
+    )
+    for ext in subject.extensions:
+        if isinstance(ext.value, (x509.BasicConstraints, x509.KeyUsage, x509.SubjectKeyIdentifier,
+                                  x509.SubjectAlternativeName)):
+            b = b.add_extension(ext.value, critical=ext.critical)
+    return b.add_extension(_aki(issuer), critical=False).sign(issuer_key, hashes.SHA256())
+
+
+def cross_chain(root: x509.Certificate, crosses: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """Cross-certificates leading from `root` back through every older root, newest first.
+
+    The first carries `root`'s name and key; each next one carries the name and
+    key of the root that signed the previous one.
+    """
+    def issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+        try:
+            child.verify_directly_issued_by(parent)
+        except Exception:  # noqa: BLE001 - name, signature or algorithm mismatch
+            return False
+        return True
+
+    current = next((c for c in crosses if c.subject == root.subject and c.issuer != c.subject
+                    and public_keys_equal(c, root)), None)
+    out: list[x509.Certificate] = []
+    while current is not None and current not in out:
+        out.append(current)
+        parent = current
+        current = next((c for c in crosses if c not in out and c.issuer != c.subject
+                        and issued_by(parent, c)), None)
+    return out
+
+
+def public_keys_equal(a: x509.Certificate, b: x509.Certificate) -> bool:
+    fmt = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    return bool(a.public_key().public_bytes(enc, fmt) == b.public_key().public_bytes(enc, fmt))
 
 
 def _leaf_key_usage() -> x509.KeyUsage:
@@ -262,87 +318,3 @@ def root_of(cert_pem_text: str, chain_pem_text: str) -> str:
     """The root PEM: the last certificate of the chain, or the certificate itself."""
     chain = split_pems(chain_pem_text)
     return chain[-1] if chain else split_pems(cert_pem_text)[0]
-
-
-def _describe(cert: x509.Certificate) -> str:
-    return cert.subject.rfc4514_string() or "(empty subject)"
-
-
-def validate_import(cert_text: str, key_text: str, chain_text: str, now: float) -> Signer:
-    """Check a CA to import (every violation, with its option) and return it as a Signer.
-
-    --cert: one CA certificate (basicConstraints CA:true, may sign certificates),
-    valid at `now`; extra certificates after it are treated as the chain.
-    --key: its unencrypted PEM ECDSA private key. --chain: the certificates above
-    --cert up to a self-signed root (required unless --cert is itself a root).
-    """
-    from meshgate.ca.errors import InvalidCaMaterial
-    from meshgate.errors import Violation
-
-    problems: list[Violation] = []
-
-    def bad(field: str, msg: str) -> None:
-        problems.append(Violation(field, msg))
-
-    certs: list[x509.Certificate] = []
-    try:
-        certs = load_certs(cert_text)
-        if not certs:
-            bad("--cert", "no PEM certificate found (expected -----BEGIN CERTIFICATE-----)")
-    except ValueError as exc:
-        bad("--cert", f"not a readable PEM certificate ({exc})")
-    chain: list[x509.Certificate] = certs[1:]
-    try:
-        chain += load_certs(chain_text) if chain_text.strip() else []
-        if chain_text.strip() and not split_pems(chain_text):
-            bad("--chain", "no PEM certificate found")
-    except ValueError as exc:
-        bad("--chain", f"not readable PEM certificates ({exc})")
-    key: PrivateKey | None = None
-    try:
-        key = load_key(key_text)
-    except TypeError:
-        bad("--key", "the key is encrypted with a password; export it unencrypted (PEM, PKCS#8)")
-    except ValueError as exc:
-        bad("--key", f"not an unencrypted PEM ECDSA private key ({exc})")
-    if key is not None and not isinstance(key.curve, (ec.SECP256R1, ec.SECP384R1)):
-        bad("--key", f"curve {key.curve.name} is not supported (use P-256 or P-384)")
-        key = None
-
-    if certs:
-        cert = certs[0]
-        who = _describe(cert)
-        if not is_ca(cert):
-            bad("--cert", f"{who} is not a CA certificate (basicConstraints CA:true missing)")
-        elif not can_sign_certs(cert):
-            bad("--cert", f"{who} may not sign certificates (keyUsage lacks keyCertSign)")
-        if now > cert.not_valid_after_utc.timestamp():
-            bad("--cert", f"{who} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC")
-        elif now < cert.not_valid_before_utc.timestamp():
-            bad("--cert", f"{who} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC")
-        if key is not None and not public_keys_match(cert, key):
-            bad("--key", f"does not match the certificate {who} (different public key)")
-        if not chain and not is_self_signed(cert):
-            bad("--chain", f"required: {who} is issued by {cert.issuer.rfc4514_string()}; "
-                "pass the certificates above it up to the self-signed root")
-        child = cert
-        for i, parent in enumerate(chain):
-            field = f"--chain[{i}]"
-            pwho = _describe(parent)
-            try:
-                child.verify_directly_issued_by(parent)
-            except Exception:  # noqa: BLE001 - signature, name or algorithm mismatch
-                bad(field, f"{pwho} did not issue {_describe(child)} (the chain must go from "
-                    "--cert up to the root, in order)")
-            if not is_ca(parent):
-                bad(field, f"{pwho} is not a CA certificate")
-            if not is_valid_at(parent, now):
-                bad(field, f"{pwho} is not valid now (valid "
-                    f"{parent.not_valid_before_utc:%Y-%m-%d} to {parent.not_valid_after_utc:%Y-%m-%d})")
-            child = parent
-        if chain and not is_self_signed(chain[-1]):
-            bad(f"--chain[{len(chain) - 1}]", f"{_describe(chain[-1])} is not a self-signed root; "
-                "the chain must end with the root")
-    if problems or key is None or not certs:
-        raise InvalidCaMaterial(problems or [Violation("--key", "missing")])
-    return Signer(cert=certs[0], key=key, chain=tuple(chain))

@@ -28,7 +28,7 @@ from meshgate.ca import authority
 from meshgate.ca.errors import CaNotInitialized
 from meshgate.ca.keys import KeyBox
 from meshgate.store import schema
-from meshgate.store.ca import IN_BUNDLE, CaRow, list_cas
+from meshgate.store.ca import IN_BUNDLE, CaRow, cross_certs, list_cas
 
 CONTROL_PLANE_PATH = "/control-plane"
 SERVER_CERT_TTL = 90 * 86400
@@ -42,12 +42,13 @@ class CaState:
     trust_domain: str
     signer: CaRow | None  # the newest 'active' row that holds a key
     roots_pem: tuple[str, ...]  # unique roots of every row in the bundle, oldest first
+    cross_pems: tuple[str, ...] = ()  # newer roots re-issued by older ones (store.ca.cross_certs)
 
     @property
     def digest(self) -> str:
         h = hashlib.sha256(self.trust_domain.encode())
         h.update((self.signer.fingerprint if self.signer else "-").encode())
-        for r in self.roots_pem:
+        for r in (*self.roots_pem, *self.cross_pems):
             h.update(r.encode())
         return h.hexdigest()
 
@@ -63,7 +64,7 @@ def load_ca_state(conn: Connection) -> CaState:
         if r.root_pem not in roots:
             roots.append(r.root_pem)
     return CaState(trust_domain=str(td), signer=signers[-1] if signers else None,
-                   roots_pem=tuple(roots))
+                   roots_pem=tuple(roots), cross_pems=tuple(cross_certs(conn)))
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,11 @@ class IdentityIssuer:
     # -- the control plane's own certificate -----------------------------
     def server_credentials(self, hostnames: Sequence[str], now: float | None = None,
                            ttl_seconds: int = SERVER_CERT_TTL) -> tuple[str, str]:
-        """(cert chain PEM, key PEM) for the xDS port: DNS/IP SANs + spiffe://<td>/control-plane."""
+        """(cert chain PEM, key PEM) for the xDS port: DNS/IP SANs + spiffe://<td>/control-plane.
+
+        After root rotations the chain also carries the cross-certificates back to
+        every older root, so Envoys bootstrapped before a rotation still verify it.
+        """
         now = self._clock() if now is None else now
         dns: list[str] = []
         ips: list[str] = list(LOOPBACK_IPS)
@@ -239,4 +244,6 @@ class IdentityIssuer:
             signer = self._current_signer()
         spiffe = f"spiffe://{self.trust_domain}{CONTROL_PLANE_PATH}"
         ident = self._issue(signer, spiffe, ttl_seconds, now, dns_names=dns, ips=ips)
-        return ident.cert_chain_pem, ident.key_pem
+        crosses = [c for p in self._state.cross_pems for c in authority.load_certs(p)]
+        back = authority.cross_chain(signer.root, crosses)
+        return ident.cert_chain_pem + "".join(authority.cert_pem(c) for c in back), ident.key_pem

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from cryptography import x509
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError
 
@@ -34,6 +35,7 @@ from meshgate.store import schema
 from meshgate.store.ca import (
     IN_BUNDLE,
     CaRow,
+    add_cross_cert,
     get_ca,
     insert_ca,
     list_cas,
@@ -83,9 +85,8 @@ def _start(engine: Engine, keybox: KeyBox, now: float, actor: str | None,
         active = list_cas(w.conn, ("active",))
         if not active:
             raise CaNotInitialized("the store has no active CA: run `meshgate init`")
-        for row in active:
-            if row.key_encrypted is not None:
-                keybox.decrypt(row.key_encrypted)  # CaKeyError: wrong or damaged key
+        old_keys = {row.id: keybox.decrypt(row.key_encrypted)  # CaKeyError: wrong or damaged key
+                    for row in active if row.key_encrypted is not None}
         if signer is None:
             cert, key = authority.create_root(_trust_domain(w.conn), now)
             signer = authority.Signer(cert, key)
@@ -96,6 +97,7 @@ def _start(engine: Engine, keybox: KeyBox, now: float, actor: str | None,
         new = insert_ca(w, cert_pem=authority.cert_pem(signer.cert), chain_pem=chain_pem,
                         key_encrypted=keybox.encrypt(authority.key_pem(signer.key).encode()),
                         status="next", now=now)
+        _cross_sign(w, active, old_keys, signer.root, now)
         state = {
             "phase": "trusting",
             "old": [r.id for r in active],
@@ -105,6 +107,17 @@ def _start(engine: Engine, keybox: KeyBox, now: float, actor: str | None,
         }
         set_rotation_state(w, state, now)
     return state
+
+
+def _cross_sign(w: Write, active: list[CaRow], old_keys: dict[int, bytes],
+                new_root: x509.Certificate, now: float) -> None:
+    """Re-issue the new root under each old root whose key we hold (see store.ca.cross_certs)."""
+    for row in active:
+        old_root = authority.load_certs(row.cert_pem)[0]
+        if row.id not in old_keys or row.chain_pem.strip() or old_root.subject == new_root.subject:
+            continue  # an imported intermediate (its root's key is not ours), or the same root
+        cross = authority.cross_sign(new_root, old_root, authority.load_key(old_keys[row.id]))
+        add_cross_cert(w, authority.cert_pem(cross), now)
 
 
 def _rows(conn: Connection, state: dict[str, Any]) -> tuple[list[CaRow], CaRow]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from meshgate.ca import authority, rotation
+from meshgate.ca import importing, rotation
 from meshgate.ca.errors import CaError, RotationConflict
 from meshgate.ca.keys import load_keybox
 from meshgate.cli.context import CliContext, pass_ctx
@@ -152,7 +152,7 @@ def import_(ctx: CliContext, cert_file: Path, key_file: Path, chain_file: Path |
         meshgate ca import --cert inter.pem --key inter.key --chain root.pem --wait
     """
     now = time.time()
-    signer = authority.validate_import(_read(cert_file), _read(key_file), _read(chain_file), now)
+    signer = importing.validate_import(_read(cert_file), _read(key_file), _read(chain_file), now)
     box = load_keybox(resolve_url(ctx.db))
     rotation.start(ctx.engine, box, now, actor=ctx.actor, signer=signer)
     click.echo(f"imported CA {signer.fingerprint[:16]} ({signer.cert.subject.rfc4514_string()}); "

@@ -20,6 +20,7 @@ from meshgate.store.rows import read_row, record_row
 from meshgate.store.txn import Write
 
 ROTATION_KEY = "ca.rotation"
+CROSS_KEY = "ca.cross"
 STATUSES = ("active", "next", "trusted", "retired")
 IN_BUNDLE = ("active", "next", "trusted")
 
@@ -143,16 +144,34 @@ def rotation_state(conn: Connection, *, for_update: bool = False) -> dict[str, A
     return json.loads(raw) if raw else {"phase": "idle"}
 
 
-def set_rotation_state(w: Write, state: dict[str, Any], now: float) -> None:
+def _set_setting(w: Write, key: str, data: Any, now: float) -> None:
     t = schema.settings
-    before = read_row(w.conn, t, ROTATION_KEY)
-    value = json.dumps(state, sort_keys=True)
-    exists = w.conn.execute(select(t.c.key).where(t.c.key == ROTATION_KEY)).first()
-    if exists:
-        w.conn.execute(update(t).where(t.c.key == ROTATION_KEY).values(value=value, updated_at=now))
+    before = read_row(w.conn, t, key)
+    value = json.dumps(data, sort_keys=True)
+    if before is not None:
+        w.conn.execute(update(t).where(t.c.key == key).values(value=value, updated_at=now))
     else:
-        w.conn.execute(insert(t).values(key=ROTATION_KEY, value=value, updated_at=now))
-    record_row(w, t, ROTATION_KEY, before)
+        w.conn.execute(insert(t).values(key=key, value=value, updated_at=now))
+    record_row(w, t, key, before)
+
+
+def set_rotation_state(w: Write, state: dict[str, Any], now: float) -> None:
+    _set_setting(w, ROTATION_KEY, state, now)
+
+
+def cross_certs(conn: Connection) -> list[str]:
+    """PEMs of cross-certificates: each newer root re-issued by the root it replaced.
+
+    The xDS port presents them after its own certificate, so an Envoy whose
+    bootstrap still trusts only an older root keeps connecting after rotations.
+    """
+    t = schema.settings
+    raw = conn.execute(select(t.c.value).where(t.c.key == CROSS_KEY)).scalar()
+    return list(json.loads(raw)) if raw else []
+
+
+def add_cross_cert(w: Write, pem: str, now: float) -> None:
+    _set_setting(w, CROSS_KEY, [*cross_certs(w.conn), pem], now)
 
 
 def sds_status(conn: Connection) -> list[dict[str, Any]]:
