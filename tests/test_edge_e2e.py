@@ -62,6 +62,18 @@ class Fleet:
     procs: list[EnvoyProcess] = field(default_factory=list)
     apps: list[App] = field(default_factory=list)
 
+    def wait(self, check: object, what: str, timeout: float = 30.0) -> object:
+        """wait_for, and on timeout say what the proxies and the server were doing."""
+        try:
+            return wait_for(check, timeout, what)
+        except AssertionError as exc:
+            notes = [str(exc), meshgate(self.db, "proxy", "list")]
+            for p in self.procs:
+                notes.append(f"--- {p.name} log ---\n{p.tail(15)}")
+            log = self.workdir / "serve.log"
+            notes.append("--- serve.log ---\n" + (log.read_text()[-2000:] if log.exists() else ""))
+            raise AssertionError("\n".join(notes)) from None
+
     def get(self, path: str, **kw: object) -> Reply:
         return https(self.gateway_port, path, ca_pem=self.root_pem, **kw)  # type: ignore[arg-type]
 
@@ -155,8 +167,8 @@ def _instances_seen(f: Fleet, n: int = 12) -> list[str]:
 
 
 def test_jwt_through_the_served_gateway(fleet: Fleet) -> None:
-    ok = wait_for(lambda: (r := fleet.get("/orders/1", token=fleet.signer.token())).status == 200 and r,
-                  20, "the gateway to serve /orders (certificate by SDS, JWKS, routes)")
+    ok = fleet.wait(lambda: (r := fleet.get("/orders/1", token=fleet.signer.token())).status == 200 and r,
+                    "the gateway to serve /orders (certificate by SDS, JWKS, routes)")
     assert ok.json()["service"] == "orders"
     assert fleet.get("/orders/1").status == 401
     assert fleet.get("/orders/1", token=Signer.es256(kid="ec-1").token()).status == 401
@@ -168,20 +180,20 @@ def test_jwt_through_the_served_gateway(fleet: Fleet) -> None:
 
 
 def test_routing_follows_instances(fleet: Fleet) -> None:
-    wait_for(lambda: set(_instances_seen(fleet, 3)) == {"orders-a"}, 20, "orders-a serving")
+    fleet.wait(lambda: set(_instances_seen(fleet, 3)) == {"orders-a"}, "orders-a serving")
     fleet.sidecar("orders-2", "orders-b")  # scale up: the new sidecar registers its instance
-    wait_for(lambda: set(_instances_seen(fleet)) == {"orders-a", "orders-b"}, 20,
-             "both instances behind the gateway")
+    fleet.wait(lambda: set(_instances_seen(fleet)) == {"orders-a", "orders-b"},
+               "both instances behind the gateway")
     listed = json.loads(meshgate(fleet.db, "instance", "list", "--output", "json"))
     first = next(i for i in listed if i.get("proxy") == "orders-1")
     meshgate(fleet.db, "instance", "remove", str(first["id"]))  # scale down
-    wait_for(lambda: set(_instances_seen(fleet)) == {"orders-b"}, 20, "only orders-b")
+    fleet.wait(lambda: set(_instances_seen(fleet)) == {"orders-b"}, "only orders-b")
 
 
 def test_a_route_added_while_running_is_served(fleet: Fleet) -> None:
     assert fleet.get("/reports/1").status == 404
     meshgate(fleet.db, "edge", "route", "add", "public", "--host", "api.example.com",
              "--prefix", "/reports", "--to", "orders", "--auth", "none", "--rate", "2/m")
-    wait_for(lambda: fleet.get("/reports/1").status == 200, 20, "the new route")
+    fleet.wait(lambda: fleet.get("/reports/1").status == 200, "the new route")
     statuses = [fleet.get("/reports/1").status for _ in range(3)]
     assert 429 in statuses, statuses
