@@ -107,7 +107,6 @@ def inbound_listener(
     return Generated(
         types.LISTENER,
         INBOUND_LISTENER,
-    INBOUND_ROUTE,
         listener,
         sources=own + sources,
         refs=((types.CLUSTER, LOCAL_APP_CLUSTER), (types.SECRET, tls.SECRET_IDENTITY), (types.SECRET, tls.SECRET_TRUST))
