@@ -7,6 +7,8 @@ PostgreSQL cases need MESHGATE_TEST_PG (`make pg`); without it they skip.
 from __future__ import annotations
 
 import json
+import shutil
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -339,3 +341,85 @@ def test_postgres_urls_and_errors(pg_url: str) -> None:
     with pytest.raises(StoreError, match="cannot open database") as info:
         open_store("postgresql://meshgate:s3cret-pw@127.0.0.1:9/none")
     assert "s3cret-pw" not in str(info.value)
+
+
+def _pg_tool(name: str) -> str:
+    """pg_dump / pg_restore of the newest installed PostgreSQL (as .ci/postgres.sh finds the server)."""
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    if found:
+        return str(found[-1])
+    which = shutil.which(name)
+    if which is None:
+        pytest.skip(f"{name} is not installed")
+    return which
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def _check_restored(original: Engine, restored_url: str) -> None:
+    """The copy holds the same World, needs no migration, and takes the next revision."""
+    before = load_world(original)
+    copy = create(restored_url)
+    try:
+        assert migrations.upgrade(copy) == []
+        assert load_world(copy) == before
+        with write(copy, "after restore") as w:
+            add_service(w, "restored", "http", 80)
+        assert w.revision == before.revision + 1
+        with copy.connect() as conn:  # sequences came along: the next instance id follows
+            with write(copy, "instance") as w2:
+                inst = add_instance(w2, "restored", "127.0.0.9", 20009, 80)
+            assert inst.id == max(i.id for i in before.instances) + 1
+            assert conn.execute(select(schema.services.c.name).where(
+                schema.services.c.name == "restored")).scalar_one() == "restored"
+    finally:
+        copy.dispose()
+
+
+def test_sqlite_backup_and_restore(tmp_path: Path) -> None:
+    """docs/production.md: `sqlite3 meshgate.db ".backup ..."` and VACUUM INTO, while in use."""
+    src = tmp_path / "meshgate.db"
+    eng = create(f"sqlite:///{src}")
+    try:
+        migrations.upgrade(eng)
+        _populate(eng)
+        reader = sqlite3.connect(src, isolation_level=None)
+        try:  # a reader in the middle of a transaction (a running server) does not block a backup
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM services").fetchall()
+            sqlite = shutil.which("sqlite3")
+            if sqlite is not None:
+                subprocess.run([sqlite, str(src), f".backup {tmp_path / 'dot-backup.db'}"], check=True)
+            conn = sqlite3.connect(src, isolation_level=None)
+            try:
+                conn.execute("VACUUM INTO ?", (str(tmp_path / "vacuum.db"),))
+            finally:
+                conn.close()
+        finally:
+            reader.close()
+        if sqlite is not None:
+            _check_restored(eng, f"sqlite:///{tmp_path / 'dot-backup.db'}")
+        _check_restored(eng, f"sqlite:///{tmp_path / 'vacuum.db'}")
+    finally:
+        eng.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_dump_and_restore(pg_url: str, tmp_path: Path) -> None:
+    """docs/production.md: pg_dump -Fc, then pg_restore --no-owner into an empty database."""
+    from tests.pgdb import fresh_database
+
+    eng = create(pg_url)
+    try:
+        migrations.upgrade(eng)
+        _populate(eng)
+        dump = tmp_path / "meshgate.dump"
+        subprocess.run([_pg_tool("pg_dump"), "-Fc", "-f", str(dump), _libpq(pg_url)], check=True)
+        with fresh_database() as target:
+            subprocess.run([_pg_tool("pg_restore"), "--no-owner", "--exit-on-error", "-d", _libpq(target),
+                            str(dump)], check=True)
+            _check_restored(eng, target)
+    finally:
+        eng.dispose()
