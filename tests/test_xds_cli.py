@@ -168,3 +168,55 @@ def test_serve_refuses_plaintext_off_loopback(mesh) -> None:  # type: ignore[no-
     assert r.exit_code == 2 and "loopback" in r.output
     r = mesh("serve", "--listen", "nonsense")
     assert r.exit_code == 2 and "--listen" in r.output
+
+
+def test_serve_stops_cleanly_on_sigterm(mesh, db_path: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from meshgate.fleet.envoy import free_port
+    from meshgate.store import status as store_status
+    from tests.xds_support import CDS, AdsClient
+
+    token = add(mesh, "orders-1", "--service", "orders")["token"]
+    port, admin = free_port(), free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "meshgate"), "--db", str(db_path), "serve", "--listen",
+             f"127.0.0.1:{port}", "--insecure-plaintext-loopback", "--admin", f"127.0.0.1:{admin}"],
+            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=1)  # noqa: S310
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+                time.sleep(0.1)
+
+        async def connect_then_stop() -> None:
+            async with AdsClient(port, token) as c:
+                await c.send(c.sotw(CDS, node="orders-1"))
+                await c.recv()
+                await asyncio.sleep(0.7)  # the ledger records the connection
+                proc.send_signal(signal.SIGTERM)
+                await c.status(timeout=10)  # the server ends the stream
+
+        asyncio.run(connect_then_stop())
+        assert proc.wait(15) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    text = log.read_text()
+    assert "event=shutting-down" in text and "event=stopped" in text and "Traceback" not in text
+    engine = open_store(str(db_path))
+    with engine.connect() as conn:
+        rows = store_status.status_rows(conn, "orders-1")
+    assert rows and not any(r["connected"] for r in rows)
