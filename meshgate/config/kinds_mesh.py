@@ -117,7 +117,7 @@ class InstanceHandler(Handler):
     def desired(self, doc: dict[str, Any], conn: Connection) -> Instance:
         from meshgate.store.instances import validate_instance
 
-        args = {k: doc.get(k) for k in ("service", "address", "inbound_port", "app_port")}
+        args: dict[str, Any] = {k: doc.get(k) for k in ("service", "address", "inbound_port", "app_port")}
         weight, proxy = doc.get("weight", 1), doc.get("proxy")
         validate_instance(**args, weight=weight, proxy=proxy, source="cli")
         return Instance(id=0, weight=weight, proxy=proxy, source="cli", **args)

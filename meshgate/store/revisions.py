@@ -157,7 +157,7 @@ def _fk_dependents(conn: Connection, table: Table, row: dict[str, Any]) -> list[
                 continue
             value = row[fk.column.name]
             for r in conn.execute(select(child).where(fk.parent == value)).mappings():
-                out.append((child, row_key(child, r), (fk.ondelete or "RESTRICT").upper()))
+                out.append((child, row_key(child, dict(r)), (fk.ondelete or "RESTRICT").upper()))
     return out
 
 
@@ -167,7 +167,7 @@ def _restore(w: Any, table: Table, key: str, target: dict[str, Any] | None, res:
     if table.name == "instances":
         # Self-registered instances follow the running sidecars, not history. Ids can
         # be reused (SQLite), so one key may have been a CLI instance and then a runtime one.
-        now_runtime = now is not None and now.get("source") == "proxy"
+        now_runtime = (now or {}).get("source") == "proxy"
         if target is not None and target.get("source") == "proxy":
             target = now if now_runtime or now is None else None
         if now_runtime and target != now:
@@ -175,7 +175,7 @@ def _restore(w: Any, table: Table, key: str, target: dict[str, Any] | None, res:
                 res.notes.append(f"instances {key}: registered by its sidecar (runtime state, kept)")
                 return
             raise Conflict(f"its id is now a self-registered instance of proxy "
-                           f"{now.get('proxy')!r} (runtime state, never rolled back)")
+                           f"{(now or {}).get('proxy')!r} (runtime state, never rolled back)")
         if now is None and target is None:
             return
     if target is not None and table.name == "proxies":

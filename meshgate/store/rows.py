@@ -96,7 +96,7 @@ def from_json(table: Table, data: Mapping[str, Any]) -> dict[str, Any]:
 def read_row(conn: Connection, table: Table, key: str | int | Mapping[str, Any]) -> dict[str, Any] | None:
     """The row with primary key `key` as recorded in revisions, or None."""
     row = conn.execute(select(table).where(key_clause(table, key))).mappings().first()
-    return None if row is None else to_json(table, row)
+    return None if row is None else to_json(table, dict(row))
 
 
 def record_row(
