@@ -159,6 +159,19 @@ def test_rollback_never_restores_tokens_revocation_or_ca(initialized: Invoke, db
     assert set(hashes) == set(listed)
 
 
+def test_a_proxy_revoked_at_the_target_revision_comes_back_revoked(initialized: Invoke) -> None:
+    assert initialized("service", "add", "orders").exit_code == 0
+    assert initialized("proxy", "add", "orders-1", "--service", "orders").exit_code == 0
+    assert initialized("proxy", "revoke", "orders-1").exit_code == 0
+    target = _rev(initialized)
+    assert initialized("proxy", "remove", "orders-1").exit_code == 0
+    r = initialized("rollback", str(target), "--yes")
+    assert r.exit_code == 0, r.output
+    assert "join token" not in r.output and "back revoked" in r.output
+    listed = {p["name"]: p for p in _json(initialized, "proxy", "list")}
+    assert listed["orders-1"]["revoked"] is True
+
+
 def test_rollback_that_breaks_a_constraint_is_refused(
     initialized: Invoke, db: str, db_dump: Callable[[], str]
 ) -> None:

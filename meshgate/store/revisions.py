@@ -15,7 +15,8 @@ Never rolled back (security and runtime state, listed in the result as notes):
   rollback must not bring back a retired CA or its key;
 - a proxy's revocation and its join token (`proxies.revoked`, `token_hash`):
   a revoked proxy stays revoked, a rotated token stays rotated; a proxy that
-  rollback brings back gets a NEW join token (shown once), never its old one;
+  rollback brings back gets a NEW join token (shown once), never its old one
+  (one that was revoked at that revision comes back revoked, without a token);
 - instances that sidecars registered themselves (`source = proxy`): they
   follow the running sidecars, not history (kept; a CLI instance whose place
   one of them took is refused, not overwritten).
@@ -189,8 +190,11 @@ def _restore(w: Any, table: Table, key: str, target: dict[str, Any] | None, res:
             from meshgate.store.proxies import hash_token, new_token
 
             token = new_token()
-            res.tokens[key] = token
-            target = {**target, "token_hash": hash_token(token), "revoked": False}
+            if target.get("revoked"):  # revoked then: back revoked, with a token nobody has
+                res.notes.append(f"proxies {key}: back revoked, as it was at that revision")
+            else:
+                res.tokens[key] = token
+            target = {**target, "token_hash": hash_token(token)}
     if now == target:
         return
     if target is None:
