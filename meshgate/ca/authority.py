@@ -157,7 +157,7 @@ def cross_sign(subject: x509.Certificate, issuer: x509.Certificate, issuer_key: 
         x509.CertificateBuilder()
         .subject_name(subject.subject)
         .issuer_name(issuer.subject)
-        .public_key(subject.public_key())  # type: ignore[arg-type]
+        .public_key(subject.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(subject.not_valid_before_utc)
         .not_valid_after(not_after)
