@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
+from collections.abc import Callable, Hashable
 from functools import cached_property
+from typing import Any, TypeVar
 
 from meshgate.model import Instance, Policy, World
 from meshgate.policy import compile as policy_compile
 from meshgate.policy.validate import ANY_SOURCE
+
+T = TypeVar("T")
 
 
 class WorldIndex:
@@ -73,6 +77,17 @@ class WorldIndex:
     @cached_property
     def _reachable(self) -> dict[str, frozenset[str]]:
         return {}
+
+    @cached_property
+    def _memo(self) -> dict[Hashable, Any]:
+        return {}
+
+    def memo(self, key: Hashable, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` once per World for `key` (results are never mutated afterwards):
+        e.g. the outbound listener, the same for every sidecar with the same port."""
+        if key not in self._memo:
+            self._memo[key] = fn(*args)
+        return self._memo[key]  # type: ignore[no-any-return]
 
     def reachable(self, service: str) -> frozenset[str]:
         """Services a sidecar of `service` may call (its outbound scope), memoized."""
