@@ -192,6 +192,9 @@ def test_default_deny_blocks_an_unlisted_pair(mesh: Mesh, tmp_path: Path) -> Non
 def test_adding_and_removing_policies_takes_effect_without_restart(mesh: Mesh) -> None:
     pids = mesh.pids()
     assert len(pids) == 3
+    orders = mesh.envoys["orders-1"]
+    modified = orders.stats("^listener_manager\\.listener_modified$")
+    assert list(modified) == ["listener_manager.listener_modified"]  # the counter exists
     # a new allow rule: other gets a route and passes orders' RBAC
     mesh.cli("policy", "allow", "--from", "other", "--to", "orders", "--id", "other-orders")
     try:
@@ -208,5 +211,7 @@ def test_adding_and_removing_policies_takes_effect_without_restart(mesh: Mesh) -
                  "--id", "no-admin")
     wait_until("/admin denied again", lambda: mesh.call("web", "/admin") == 403, 10)
     assert mesh.pids() == pids  # no Envoy restarted
+    # the rules travel on RDS: the target's listener was never replaced (no drain)
+    assert orders.stats("^listener_manager\\.listener_modified$") == modified
     for e in mesh.envoys.values():
         assert e.stat("listener_manager.lds.update_rejected") == 0

@@ -108,7 +108,7 @@ _ESCAPED = set('"<>`^{|}')
 
 def _canonical_text(segment: str) -> str:
     """Decode unreserved escapes, then escape what the canonicalizer escapes."""
-    out = []
+    out: list[str] = []
     for ch in _decode_unreserved(segment):
         if ch in _ESCAPED or ord(ch) <= 0x20 or ord(ch) >= 0x7F:
             out.extend(f"%{b:02X}" for b in ch.encode())
