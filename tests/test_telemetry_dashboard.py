@@ -1,9 +1,11 @@
 """The dashboard in headless Chromium, driven over the DevTools protocol.
 
-Real data: the two-sidecar mesh of telemetry_support sends counted traffic
-(with denials); the page must load from the admin port alone (no other
-origin), draw both services and the denied web -> orders edge, list the
-proxies and the denials, and a screenshot is saved to tests/artifacts/.
+Real data: `meshgate serve` with two Envoys bootstrapped by `meshgate proxy
+bootstrap` and counted traffic with denials (telemetry_support.serve_stack).
+The page must load from the admin port alone (no other origin), draw the
+services and the denied web -> orders edge, show each proxy's xDS state
+(ACK per type), certificate expiry and the mesh CA's, list the denials with
+their rule ids; a screenshot is saved to tests/artifacts/dashboard.png.
 """
 
 from __future__ import annotations
@@ -21,14 +23,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from telemetry_support import TRAFFIC, TwoSidecars, make_store
+from telemetry_support import SERVE_TRAFFIC, serve_stack, wait_for
 
 from meshgate.fleet.envoy import free_port
-from meshgate.store.db import open_store
-from meshgate.telemetry.runner import TelemetryServer
 
 pytestmark = pytest.mark.envoy
 ARTIFACTS = Path(__file__).parent / "artifacts"
+TOTAL = sum(n for _, _, n in SERVE_TRAFFIC) + 1  # and serve_stack's warm-up request
 
 
 def _chromium() -> str | None:
@@ -41,31 +42,13 @@ def _chromium() -> str | None:
 
 @pytest.fixture(scope="module")
 def admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("dashboard")
-    db = tmp / "meshgate.db"
-    rbac = make_store(db)
-    engine = open_store(str(db))
-    ts = TelemetryServer(engine=engine).start()
-    sidecars = TwoSidecars(tmp, ts.grpc_port, rbac)
-    try:
-        sidecars.start()
-        for path, _status, n in TRAFFIC:
-            sidecars.send(path, n)
-        total = sum(n for _, _, n in TRAFFIC)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            edges = ts.call(ts.hub.edges)
-            if edges and edges[0]["requests_total"] == total and edges[0]["denied_total"] == 6:
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError(f"telemetry never arrived: {ts.call(ts.hub.edges)}")
-        ts.flush_denials()
-        yield ts.admin_url
-    finally:
-        sidecars.stop()
-        ts.stop()
-        engine.dispose()
+    """The whole product (meshgate serve + two bootstrapped Envoys) with counted traffic."""
+    with serve_stack(tmp_path_factory.mktemp("dashboard")) as stack:
+        wait_for("telemetry in the admin API", lambda: [
+            e for e in stack.get("/api/edges")["edges"]
+            if e["callee"] == "orders" and e["requests_total"] == TOTAL and e["denied_total"] == 6])
+        wait_for("denials in the store", lambda: len(stack.get("/api/denials")["denials"]) == 8)
+        yield f"http://{stack.admin}"
 
 
 class Cdp:
@@ -160,6 +143,9 @@ async def _drive(devtools_port: int, url: str) -> dict[str, Any]:
                 return p ? [getComputedStyle(p).stroke, getComputedStyle(p).strokeDasharray] : null; })(),
             proxies: [...document.querySelectorAll('#proxies tbody tr')]
                 .map(tr => tr.cells[0].textContent),
+            proxyRows: Object.fromEntries([...document.querySelectorAll('#proxies tbody tr')]
+                .map(tr => [tr.cells[0].textContent, [...tr.cells].map(c => c.textContent)])),
+            caExpiry: document.querySelector('#summary-mesh b')?.textContent,
             denials: [...document.querySelectorAll('#denials tbody tr')]
                 .map(tr => [...tr.cells].map(c => c.textContent)),
             edgesRow: [...document.querySelectorAll('#edges tbody tr')]
@@ -179,15 +165,20 @@ def test_dashboard_shows_services_and_the_denied_edge(admin_url: str, chromium: 
 
     assert state["services"] == ["billing", "orders", "web"], state
     assert state["denied"] == [["web->orders", "6"]], state
-    # 5 of 37 requests were 503: 86% success, drawn as a failing edge
+    # 3 of 24 requests were 503: 87.5% success, drawn as a failing edge
     assert state["traffic"] == [["web->orders", "bad"]], state
     stroke, dash = state["deniedStroke"]
     assert stroke == "rgb(214, 69, 65)" and dash not in ("none", ""), state["deniedStroke"]
     assert state["proxies"] == ["orders-1", "web-1"], state
+    for name, cells in state["proxyRows"].items():
+        assert cells[3] == "connected", (name, cells)
+        assert "cds ACK" in cells[4] and "lds ACK" in cells[4] and "NACK" not in cells[4], cells
+        assert cells[6].startswith("in "), cells  # certificate expiry, in the future
+    assert state["caExpiry"].startswith("in "), state["caExpiry"]
     rules = {row[5] for row in state["denials"]}
-    assert "deny-admin" in rules and "(default deny)" in rules and "audit audit-watch" in rules, state
+    assert {"no-admin", "(default deny)", "audit watch"} <= rules, state["denials"]
     (edge_row,) = state["edgesRow"]
-    assert edge_row[:2] == ["web", "orders"] and edge_row[-1] == "37", edge_row
+    assert edge_row[:2] == ["web", "orders"] and edge_row[-1] == str(TOTAL), edge_row
     # every asset came from the admin port itself: no CDN, no other origin
     assert state["resources"], "the page fetched nothing"
     assert all(r.startswith(admin_url + "/") for r in state["resources"]), state["resources"]
