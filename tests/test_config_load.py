@@ -201,3 +201,26 @@ def test_json_schema_has_every_kind_and_field() -> None:
         assert set(props) == {"kind"} | {f.name for f in spec.fields}
         assert kinds[name]["additionalProperties"] is False
         assert set(kinds[name]["required"]) == {"kind"} | {f.name for f in spec.fields if f.required}
+
+
+def test_merge_keys_work_as_in_safe_load() -> None:
+    import yaml
+
+    text = textwrap.dedent("""\
+        - &defaults {kind: Service, protocol: grpc, port: 80}
+        - <<: *defaults
+          name: orders
+          port: 8080
+        - <<: [{port: 1}, *defaults]
+          name: web
+        """)
+    assert load_text_docs(text) == list(yaml.safe_load_all(text))
+    assert load_text_docs(text)[0][1] == {"kind": "Service", "protocol": "grpc", "port": 8080, "name": "orders"}
+    with pytest.raises(ConfigError, match="key 'name' is given twice"):
+        load_text_docs("<<: {name: a}\nname: b\nname: c\n")
+
+
+def load_text_docs(text: str) -> list[object]:
+    from meshgate.config.source import read_documents
+
+    return [d.value for d in read_documents(text, "m.yaml")]

@@ -62,20 +62,26 @@ def _walk(
 ) -> Any:
     doc.marks[path] = Mark.of(node)
     if isinstance(node, yaml.MappingNode):
+        explicit = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
         loader.flatten_mapping(node)  # resolve `<<` merge keys like safe_load does
+        # merged pairs come first, in the order safe_load assigns them (the last one
+        # wins); explicit keys override them, but one explicit key twice is an error
+        merged = len(node.value) - explicit
         out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
+        own: set[Any] = set()
+        for n, (key_node, value_node) in enumerate(node.value):
             key = loader.construct_object(key_node, deep=True)
             if isinstance(key, (list, dict)):
                 m = Mark.of(key_node)
                 problems.append(Problem(f"{doc.source}:{m.line}:{m.column}", "a mapping key must be a scalar"))
                 continue
-            if key in out:
-                m = Mark.of(key_node)
-                problems.append(
-                    Problem(f"{doc.source}:{m.line}:{m.column}", f"key {key!r} is given twice in one mapping")
-                )
-                continue
+            if n >= merged:
+                if key in own:
+                    m = Mark.of(key_node)
+                    problems.append(Problem(f"{doc.source}:{m.line}:{m.column}",
+                                            f"key {key!r} is given twice in one mapping"))
+                    continue
+                own.add(key)
             child = (*path, key)
             doc.key_marks[child] = Mark.of(key_node)
             out[key] = _walk(value_node, child, doc, loader, problems)
