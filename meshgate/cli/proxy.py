@@ -267,8 +267,10 @@ def config(ctx: CliContext, name: str, type_: tuple[str, ...]) -> None:
 
 def _register_bootstrap() -> None:
     from meshgate.cli.proxy_bootstrap import bootstrap
+    from meshgate.cli.proxy_run import run
 
     proxy.add_command(bootstrap)
+    proxy.add_command(run)
 
 
 _register_bootstrap()

@@ -25,6 +25,7 @@ from meshgate.validation import split_host_port
 from meshgate.xds.admin import make_admin_app, start_admin
 from meshgate.xds.errors import XdsError
 from meshgate.xds.logs import event
+from meshgate.xds.registration import Registrar
 from meshgate.xds.secrets import IssuerSecretProvider, NoSecrets, SecretProvider
 from meshgate.xds.server import XdsServer
 
@@ -155,6 +156,8 @@ async def serve(engine: Engine, db_url: str, cfg: ServeConfig,
                        rotation=rotation_step(issuer) if issuer is not None else None, **kwargs)
     if telemetry is not None:
         telemetry.bind(server)
+    registrar = Registrar(engine, replica=server.replica)  # sidecars register their instances
+    server.hooks.append(registrar)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -163,6 +166,7 @@ async def serve(engine: Engine, db_url: str, cfg: ServeConfig,
         except (NotImplementedError, RuntimeError):  # not the main thread (tests)
             pass
     await server.start(cfg.listen, credentials=credentials)
+    await registrar.start()
     if telemetry is not None:
         await telemetry.start()
     extra = [telemetry.add_routes] if telemetry is not None else []
@@ -175,6 +179,7 @@ async def serve(engine: Engine, db_url: str, cfg: ServeConfig,
     finally:
         if runner is not None:
             await runner.cleanup()
+        await registrar.stop()  # before the streams close: a stopping server marks no instance gone
         await server.stop(1.0)
         if telemetry is not None:
             await telemetry.stop()  # writes the last denials

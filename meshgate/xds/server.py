@@ -10,7 +10,8 @@ what each proxy should have (state.py), the ledger (ledger.py) and noticing
 store changes (watch.py) live in their own modules. Other features plug in:
 - `servicers`: callbacks that add gRPC services to the same server (telemetry);
 - `hooks`: objects with async `connected(proxy, node)` / `disconnected(proxy, node)`
-  (self-registration of instances);
+  (self-registration of instances, xds/registration.py); `connected` may raise
+  StreamRefused to end the stream with a gRPC status;
 - `rotation`: called about every second with (engine, now) (CA root rotation);
 - `metrics`: an observer with proxy_connected/proxy_disconnected(proxy) and
   pushed/acked/nacked(proxy, type) (telemetry's ControlPlaneMetrics).
@@ -43,6 +44,7 @@ from meshgate.store.replicas import STALE_AFTER
 from meshgate.store.world import load_world_conn
 from meshgate.xds.auth import Authenticated, Authenticator, AuthError
 from meshgate.xds.delta import DeltaStream
+from meshgate.xds.errors import StreamRefused
 from meshgate.xds.ledger import Ledger
 from meshgate.xds.liveness import ReplicaLiveness
 from meshgate.xds.logs import event
@@ -248,11 +250,15 @@ class XdsServer:
         engine = make(peer)
         self._register(stream)
         event(log, "connected", proxy=auth.proxy, mode=mode, peer=context.peer())
-        for h in self.hooks:
-            await self._call_hook(h.connected, proxy, first.node)
         read_task: asyncio.Future[Any] | None = None
         wake: asyncio.Future[Any] | None = None
         try:
+            # inside the try: a stream refused (or cancelled) in a hook is unregistered too
+            for h in self.hooks:
+                try:
+                    await self._call_hook(h.connected, proxy, first.node)
+                except StreamRefused as exc:
+                    await self._abort(context, grpc.StatusCode[exc.code], str(exc), auth.proxy)
             req: Any = first
             while True:
                 if req is not None:
@@ -300,6 +306,8 @@ class XdsServer:
     async def _call_hook(self, fn: Callable[..., Awaitable[None]], proxy: Proxy, node: base_pb2.Node) -> None:
         try:
             await fn(proxy, node)
+        except StreamRefused:
+            raise  # the hook's decision: the caller ends the stream with its status
         except Exception as exc:  # noqa: BLE001 - a hook must not break the stream
             event(log, "hook-failed", level=logging.ERROR, proxy=proxy.name, error=repr(exc))
 

@@ -15,6 +15,11 @@ from meshgate.xds.translate.common import (
     socket_address,
 )
 from meshgate.xds.translate.generated import Generated
+from meshgate.xds.translate.health import (
+    local_app_health_checks,
+    outlier_detection,
+    service_health_checks,
+)
 from meshgate.xds.translate.names import (
     LOCAL_APP_CLUSTER,
     instance_source,
@@ -43,7 +48,10 @@ def service_cluster(mesh: Mesh, service: Service) -> Generated:
         connect_timeout=seconds(CONNECT_TIMEOUT_S),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
         transport_socket=tls.transport_socket(upstream),
+        outlier_detection=outlier_detection(),
     )
+    if service.protocol != "tcp":  # health.py: tcp services rely on outlier detection
+        cluster.health_checks.extend(service_health_checks(service.name, grpc))
     if grpc:
         for k, v in http2_upstream_options().items():
             cluster.typed_extension_protocol_options[k].CopyFrom(v)
@@ -77,6 +85,8 @@ def local_app_cluster(service: Service, instance: Instance) -> Generated:
             ],
         ),
     )
+    if service.protocol != "tcp":  # feeds the inbound health filter (health.py)
+        cluster.health_checks.extend(local_app_health_checks())
     if service.protocol == "grpc":
         for k, v in http2_upstream_options().items():
             cluster.typed_extension_protocol_options[k].CopyFrom(v)

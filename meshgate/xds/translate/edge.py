@@ -59,6 +59,7 @@ from meshgate.xds.translate.common import ads_source, pack, seconds, socket_addr
 from meshgate.xds.translate.edge_jwks import jwks_cluster
 from meshgate.xds.translate.generated import Generated, Options
 from meshgate.xds.translate.hcm import HCM_FILTER, router_filter
+from meshgate.xds.translate.health import safe_retry_policy
 from meshgate.xds.translate.index import WorldIndex
 from meshgate.xds.translate.names import service_cluster_name
 from meshgate.xds.translate.plan import Plan, run
@@ -290,7 +291,8 @@ def _route(index: WorldIndex, r: EdgeRoute, with_jwt: bool) -> rc.Route:
     route = rc.Route(
         name=r.id,
         match=_match(r.prefix),
-        route=rc.RouteAction(cluster=service_cluster_name(r.service)),
+        # retried on another instance only when the request never reached an app (health.py)
+        route=rc.RouteAction(cluster=service_cluster_name(r.service), retry_policy=safe_retry_policy()),
     )
     # only the policies targeting the route's service matter (index: no scan per route)
     scoped = index.target_world(r.service)

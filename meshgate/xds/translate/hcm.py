@@ -31,6 +31,7 @@ def http_manager(
     http_filters: Sequence[hcm.HttpFilter] = (),
     access_log: Sequence[accesslog_pb2.AccessLog] = (),
     forward_client_identity: bool = False,
+    local_reply: hcm.LocalReplyConfig | None = None,
 ) -> listener_components_pb2.Filter:
     """An HCM network filter; `http_filters` run before the router, in order."""
     manager = hcm.HttpConnectionManager(
@@ -39,6 +40,8 @@ def http_manager(
         http_filters=[*http_filters, router_filter()],
         access_log=list(access_log),
     )
+    if local_reply is not None:
+        manager.local_reply_config.CopyFrom(local_reply)
     if route_config is not None:
         manager.route_config.CopyFrom(route_config)
     else:

@@ -20,6 +20,7 @@ from meshgate.xds.translate import tls
 from meshgate.xds.translate.common import pack, socket_address
 from meshgate.xds.translate.generated import Generated, Options
 from meshgate.xds.translate.hcm import http_manager
+from meshgate.xds.translate.health import app_unavailable_reply, inbound_health_filter
 from meshgate.xds.translate.names import (
     INBOUND_LISTENER,
     INBOUND_ROUTE,
@@ -69,9 +70,11 @@ def inbound_listener(
             http_manager(
                 "inbound",
                 rds_name=INBOUND_ROUTE,  # the rules ride on the route (routes.inbound_route_config)
-                http_filters=http_filters,
+                # the health filter answers callers' health checks before RBAC (health.py)
+                http_filters=[inbound_health_filter(), *http_filters],
                 access_log=options.http_access_log,
                 forward_client_identity=True,
+                local_reply=app_unavailable_reply(),  # callers may retry these elsewhere
             )
         ]
         alpn = ("h2", "http/1.1")

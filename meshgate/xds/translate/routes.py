@@ -13,6 +13,7 @@ from meshgate.model import Service
 from meshgate.xds import types
 from meshgate.xds.translate.common import seconds
 from meshgate.xds.translate.generated import Generated
+from meshgate.xds.translate.health import safe_retry_policy
 from meshgate.xds.translate.names import INBOUND_ROUTE, OUTBOUND_ROUTE, service_cluster_name
 
 NO_ROUTE_BODY = (
@@ -21,8 +22,10 @@ NO_ROUTE_BODY = (
 )
 
 
-def _route_to(cluster: str, grpc: bool) -> rc.Route:
+def _route_to(cluster: str, grpc: bool, retry: bool = False) -> rc.Route:
     action = rc.RouteAction(cluster=cluster)
+    if retry:  # to another instance, only what never reached an app (health.py)
+        action.retry_policy.CopyFrom(safe_retry_policy())
     if grpc:
         action.timeout.CopyFrom(seconds(0))  # streams may live long: no route timeout
     return rc.Route(match=rc.RouteMatch(prefix="/"), route=action)
@@ -33,7 +36,7 @@ def service_virtual_host(service: Service) -> rc.VirtualHost:
     return rc.VirtualHost(
         name=service.name,
         domains=[service.name, f"{service.name}:{service.port}"],
-        routes=[_route_to(service_cluster_name(service.name), service.protocol == "grpc")],
+        routes=[_route_to(service_cluster_name(service.name), service.protocol == "grpc", retry=True)],
     )
 
 
