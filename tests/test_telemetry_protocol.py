@@ -49,6 +49,7 @@ def _push(node_id: str | None, ok: int) -> object:
     if node_id:
         m.identifier.node.id = node_id
         m.identifier.node.cluster = "web"
+        m.identifier.node.metadata.update({"meshgate": {"kind": "sidecar", "service": "web"}})
     f = m.envoy_metrics.add(name="cluster.upstream_rq_xx", type=protos.COUNTER)
     metric = f.metric.add()
     for k, v in (("envoy.cluster_name", "svc/orders"), ("envoy.response_code_class", "2")):
@@ -66,6 +67,7 @@ async def test_metrics_stream_with_a_valid_token_is_counted() -> None:
         (edge,) = hub.edges()
         assert (edge["caller"], edge["callee"], edge["requests_total"]) == ("web", "orders", 7)
         assert hub.proxies["web-1"].pushes == 2
+        assert hub.proxies["web-1"].kind == "sidecar"  # from the node metadata
         assert hub.proxies["web-1"].connected is False  # the stream ended
     finally:
         await channel.close()

@@ -234,17 +234,26 @@ def test_hub_denials_make_edges_and_reach_the_writer(tmp_path: Path) -> None:
     writer = store.DenialWriter(engine, store.Retention(max_rows=10))
     hub = TelemetryHub(clock=clock, denial_writer=writer,
                        route_service=lambda r: {"api": "orders"}.get(r))
+    hub.node_seen("gw-1", "gw", "edge")  # from the bootstrap's node metadata
     hub.ingest_http_logs("gw-1", "gw", "edge", [
         http_entry(status=401, peer="", route="api", details="jwt_authn_access_denied{Jwt_is_missing}"),
         http_entry(details="rbac_access_denied_matched_policy[r1]"),
     ])
+    hub.ingest_http_logs("orders-1", "orders", "inbound", [  # a plaintext caller (permissive mTLS)
+        http_entry(peer="", details="rbac_access_denied_matched_policy[none]")])
     rows = {(e["caller"], e["callee"]): e for e in hub.edges()}
-    assert rows[("127.0.0.9", "orders")]["denied"] == 1  # route api -> service orders
+    # an outside client is counted against the gateway that refused it (labels stay few),
+    # and the route tells the service; the event keeps the client's address
+    assert rows[("gw", "orders")]["denied"] == 1
     assert rows[("web", "gw")]["denied_total"] == 1
+    assert rows[("external", "orders")]["denied_total"] == 1
     assert sorted(hub.denial_rules.items()) == [
-        (("127.0.0.9", "orders", "jwt", ""), 1), (("web", "gw", "rbac", "r1"), 1)]
-    assert asyncio.run(writer.flush()) == 2
-    assert {r["rule_id"] for r in store.read(engine)} == {None, "r1"}
+        (("external", "orders", "rbac", ""), 1), (("gw", "orders", "jwt", ""), 1),
+        (("web", "gw", "rbac", "r1"), 1)]
+    assert {d["caller"] for d in hub.denials()} == {"127.0.0.9", "web"}
+    assert asyncio.run(writer.flush()) == 3
+    assert {(r["caller"], r["rule_id"]) for r in store.read(engine)} == {
+        ("127.0.0.9", None), ("web", "r1")}
 
 
 def test_hub_refuses_unauthenticated_identity() -> None:

@@ -61,11 +61,13 @@ class Denial:
     rule_id: str | None
     reason: str
     kind: str  # rbac | jwt | ratelimit | audit | tcp
+    mesh_caller: bool = False  # caller is a mesh identity (SPIFFE id), not an address
 
     def row(self) -> dict[str, Any]:
         """The denial_events columns."""
         d = asdict(self)
         d.pop("kind")
+        d.pop("mesh_caller")
         return d
 
 
@@ -81,12 +83,17 @@ class Failure:
     status: int | None
     flags: str
     details: str
+    mesh_caller: bool = False
 
 
 def identity_name(uri: str) -> str:
     """`spiffe://td/svc/orders` -> `orders`, `spiffe://td/edge/gw` -> `gw`, else the URI."""
     m = _SPIFFE.match(uri)
     return m.group(2) if m else uri
+
+
+def is_mesh_identity(uri: str) -> bool:
+    return bool(_SPIFFE.match(uri))
 
 
 def _caller(common) -> str | None:  # type: ignore[no-untyped-def]
@@ -101,6 +108,11 @@ def _caller(common) -> str | None:  # type: ignore[no-untyped-def]
         return peer.subject
     addr = common.downstream_remote_address.socket_address.address
     return addr or None
+
+
+def _mesh_caller(common) -> bool:  # type: ignore[no-untyped-def]
+    sans = common.tls_properties.peer_certificate_properties.subject_alt_name
+    return any(san.uri and is_mesh_identity(san.uri) for san in sans)
 
 
 def _callee(common, node_service: str | None) -> str | None:  # type: ignore[no-untyped-def]
@@ -153,6 +165,7 @@ def read_http_entry(entry, proxy: str, node_service: str | None,  # type: ignore
     flags = response_flags(common)
     base: dict[str, Any] = {
         "at": _time(common, now), "proxy": proxy, "caller": _caller(common),
+        "mesh_caller": _mesh_caller(common),
         "callee": _callee(common, node_service), "route": common.route_name or None,
         "method": base_pb2.RequestMethod.Name(req.request_method) if req.request_method else None,
         "path": req.path or None, "status": status,
@@ -196,6 +209,7 @@ def read_tcp_entry(entry, proxy: str, node_service: str | None, now: float  # ty
     flags = response_flags(common)
     base: dict[str, Any] = {
         "at": _time(common, now), "proxy": proxy, "caller": _caller(common),
+        "mesh_caller": _mesh_caller(common),
         "callee": _callee(common, node_service), "route": common.route_name or None,
         "method": None, "path": None, "status": None,
     }

@@ -43,6 +43,7 @@ QUANTILES = (0.5, 0.9, 0.99)
 class ProxySeen:
     node_id: str
     service: str
+    kind: str = ""  # sidecar | edge, from the bootstrap's node metadata when given
     connected: bool = False
     connected_at: float | None = None
     first_push_at: float | None = None
@@ -124,6 +125,12 @@ class TelemetryHub:
 
     # ---- stats ----------------------------------------------------------------------------
 
+    def node_seen(self, node_id: str, node_cluster: str, kind: str = "") -> None:
+        """A stream's first message named this node (and maybe its kind)."""
+        p = self._proxy(node_id, node_cluster)
+        if kind:
+            p.kind = kind
+
     def metrics_stream_opened(self, node_id: str, node_cluster: str) -> None:
         p = self._proxy(node_id, node_cluster)
         p.service = self.service_of(node_id, node_cluster)
@@ -195,7 +202,8 @@ class TelemetryHub:
             else:
                 denial, failure = read_tcp_entry(entry, node_id, service, now)
             if denial is not None:
-                self.record_denial(self._resolve_route(denial, service), now)
+                self.record_denial(self._resolve_route(denial, service), now,
+                                   edge_caller=self._edge_caller(denial, node_id))
             if failure is not None:
                 self.recent_failures.append(failure)
                 if failure.callee:
@@ -209,9 +217,23 @@ class TelemetryHub:
                 return replace(d, callee=svc)
         return d
 
-    def record_denial(self, d: Denial, now: float | None = None) -> None:
+    def _edge_caller(self, d: Denial, node_id: str) -> str:
+        """Who the denial counts against in edges and metrics. A mesh identity is a
+        service (or gateway); any other caller (a client address, a foreign
+        certificate) is folded into the gateway that refused it, or `external`,
+        so that labels stay few."""
+        if d.mesh_caller and d.caller:
+            return d.caller
+        p = self.proxies.get(node_id)
+        if p is not None and p.kind == "edge":
+            return p.service
+        return "external"
+
+    def record_denial(self, d: Denial, now: float | None = None,
+                      edge_caller: str | None = None) -> None:
+        """Count one denial (the event keeps the raw caller; the edge uses `edge_caller`)."""
         now = self.clock() if now is None else now
-        key = (d.caller or "?", d.callee or "?")
+        key = (edge_caller or d.caller or "?", d.callee or "?")
         totals = [self._edge_totals(key)]
         if d.callee:
             totals.append(self._service_totals(d.callee))

@@ -28,6 +28,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def node_kind(node) -> str:  # type: ignore[no-untyped-def]
+    """`sidecar` or `edge` from the bootstrap's node metadata (meshgate.fleet.bootstrap)."""
+    meta = node.metadata.fields.get("meshgate")
+    if meta is None or not meta.HasField("struct_value"):
+        return ""
+    kind = meta.struct_value.fields.get("kind")
+    return kind.string_value if kind is not None else ""
+
+
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in context.invocation_metadata() or ():
@@ -68,6 +77,7 @@ class MetricsReceiver:
                     node = msg.identifier.node
                     await _identify(context, self.hub, "metrics", node.id, node.cluster)
                     node_id = node.id
+                    self.hub.node_seen(node_id, node.cluster, node_kind(node))
                     self.hub.metrics_stream_opened(node_id, node.cluster)
                 self.hub.ingest_metrics(node_id, msg.envoy_metrics)
         finally:
@@ -92,6 +102,7 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
                 ident = msg.identifier
                 await _identify(context, self.hub, "access-log", ident.node.id, ident.node.cluster)
                 node_id, cluster, log_name = ident.node.id, ident.node.cluster, ident.log_name
+                self.hub.node_seen(node_id, cluster, node_kind(ident.node))
             if msg.HasField("http_logs"):
                 self.hub.ingest_http_logs(node_id, cluster, log_name, msg.http_logs.log_entry)
             elif msg.HasField("tcp_logs"):
