@@ -244,6 +244,13 @@ def test_route_add_refusals(mesh: Invoke, db_path: Path, args: tuple[str, ...], 
     assert dump_database(db_path) == before
 
 
+def test_route_to_a_tcp_service_is_refused(mesh: Invoke) -> None:
+    assert mesh("service", "add", "db", "--protocol", "tcp", "--port", "5432").exit_code == 0
+    r = mesh("edge", "route", "add", "public", "--host", "a.example.com", "--prefix", "/",
+             "--to", "db", "--auth", "none")
+    assert r.exit_code == 1 and 'service "db" speaks tcp' in r.output
+
+
 def test_mtls_route_needs_client_ca(initialized: Invoke) -> None:
     assert initialized("service", "add", "orders").exit_code == 0
     assert initialized("edge", "add", "plain", "--listen", "127.0.0.1:8443").exit_code == 0

@@ -269,10 +269,13 @@ def add_route(
     r = validate_route(gateway, host, prefix, service, auth, rate, claims, route_id)
     conn = w.conn
     gw = get_gateway(conn, r.gateway)
-    if conn.execute(
-        select(schema.services.c.name).where(schema.services.c.name == r.service)
-    ).first() is None:
+    svc = conn.execute(
+        select(schema.services.c.protocol).where(schema.services.c.name == r.service)
+    ).first()
+    if svc is None:
         raise NotFound(f'service "{r.service}" not found (the route\'s --to)')
+    if svc.protocol == "tcp":
+        raise Conflict(f'service "{r.service}" speaks tcp: edge routes carry HTTP and gRPC only')
     if r.auth.startswith("jwt:"):
         from meshgate.store.jwt import get_jwt_provider
 
