@@ -67,8 +67,8 @@ def import_(ctx: CliContext, gateway: str, host: str, cert_file: str | None,
         meshgate edge cert import --gateway public --host api.example.com \\
             --cert fullchain.pem --key privkey.pem
     """
-    problems = []
-    texts = {}
+    problems: list[Violation] = []
+    texts: dict[str, str] = {}
     for field, path, what in (("cert", cert_file, "certificate"), ("key", key_file, "private key")):
         try:
             texts[field] = _read(path, field, what)

@@ -93,7 +93,7 @@ def _jwk_problems(i: int, key: Any, seen_kids: set[str]) -> list[tuple[str, str]
             out.append((f"{field}.alg", f"{alg!r} is refused: a key must name a signature algorithm"))
         elif alg not in _ALGS[kty]:
             out.append((f"{field}.alg", f"{alg!r} does not fit kty {kty} (one of: {', '.join(sorted(_ALGS[kty]))})"))
-        elif kty == "EC" and _EC_CURVES.get(key.get("crv")) not in (None, alg):
+        elif kty == "EC" and _EC_CURVES.get(str(key.get("crv"))) not in (None, alg):
             out.append((f"{field}.alg", f"{alg!r} does not fit curve {key.get('crv')!r}"))
     crv = key.get("crv")
     if kty == "EC" and isinstance(crv, str) and crv not in _EC_CURVES:
