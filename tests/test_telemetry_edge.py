@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -121,8 +122,6 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
 
 
 def _up(port: int) -> bool:
-    import urllib.request
-
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:  # noqa: S310
             return r.status == 200
@@ -164,8 +163,7 @@ def test_gateway_denials_and_traffic(edge: Edge) -> None:
     # one edge for the gateway, whatever the clients' addresses; the requests it routed
     assert set(rows_by_edge) == {("public", "orders")}
     assert rows_by_edge[("public", "orders")]["status_total"].get("2xx", 0) >= 8
-    with __import__("urllib.request").request.urlopen(  # noqa: S310
-            f"http://{edge.admin}/metrics", timeout=5) as r:
+    with urllib.request.urlopen(f"http://{edge.admin}/metrics", timeout=5) as r:  # noqa: S310
         text = r.read().decode()
     assert 'meshgate_denials_total{callee="orders",caller="public",kind="jwt",rule=""} 4.0' in text
     assert ('meshgate_denials_total{callee="orders",caller="public",kind="ratelimit",rule=""} 2.0'
