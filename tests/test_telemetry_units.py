@@ -221,6 +221,9 @@ def test_hub_window_rates_and_totals() -> None:
     # 20 requests over 5 s seen plus one push interval (10 s, the window): 2 rps
     assert e["rps"] == pytest.approx(2.0)
     assert e["p50_ms"] is not None and e["p99_ms"] > 5.0
+    hub.metrics_stream_opened("web-1", "web")  # a reconnect overlapping the old stream
+    hub.metrics_stream_closed("web-1")
+    assert hub.proxies["web-1"].connected
     clock.t += 30  # window passed: rates empty, totals kept
     (e,) = hub.edges()
     assert (e["requests"], e["rps"], e["success_rate"], e["p50_ms"]) == (0, 0.0, None, None)

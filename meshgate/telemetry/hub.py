@@ -44,14 +44,17 @@ class ProxySeen:
     node_id: str
     service: str
     kind: str = ""  # sidecar | edge, from the bootstrap's node metadata when given
-    connected: bool = False
+    streams: int = 0  # open stats streams (a reconnect can overlap the old one)
     connected_at: float | None = None
     first_push_at: float | None = None
     last_push_at: float | None = None
     interval: float | None = None  # seconds between its last two pushes
     pushes: int = 0
     cert_expiry: float | None = None
-    log_streams: int = 0
+
+    @property
+    def connected(self) -> bool:
+        return self.streams > 0
 
 
 @dataclass
@@ -134,13 +137,14 @@ class TelemetryHub:
     def metrics_stream_opened(self, node_id: str, node_cluster: str) -> None:
         p = self._proxy(node_id, node_cluster)
         p.service = self.service_of(node_id, node_cluster)
-        p.connected, p.connected_at = True, self.clock()
+        p.streams += 1
+        p.connected_at = self.clock()
         p.first_push_at = p.last_push_at = p.interval = None
 
     def metrics_stream_closed(self, node_id: str) -> None:
         p = self.proxies.get(node_id)
         if p is not None:
-            p.connected = False
+            p.streams = max(0, p.streams - 1)
 
     def ingest_metrics(self, node_id: str, families: Iterable, now: float | None = None) -> None:  # type: ignore[type-arg]
         now = self.clock() if now is None else now
