@@ -12,10 +12,23 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import NullPool
 
-from meshgate.store.errors import StoreError
+from meshgate.store.errors import LockedError, StoreError
 
 DEFAULT_DB = "meshgate.db"
 BUSY_TIMEOUT_MS = 5000
+
+
+def is_locked(exc: OperationalError) -> bool:
+    """SQLite's "database is locked" / busy, PostgreSQL's lock timeout."""
+    msg = str(exc.orig)
+    return "locked" in msg or "busy" in msg or "lock timeout" in msg
+
+
+def locked_error() -> LockedError:
+    return LockedError(
+        f"the database is locked by another writer (waited {BUSY_TIMEOUT_MS / 1000:g} s); "
+        "nothing was changed, try again"
+    )
 
 
 # meshgate ships one PostgreSQL driver (psycopg 3, the `postgres` extra); a URL
@@ -152,6 +165,8 @@ def open_store(db: str | None = None, *, must_exist: bool = True) -> Engine:
     try:
         migrations.upgrade(engine)
     except OperationalError as exc:
+        if is_locked(exc):  # the migration check takes the write lock (BEGIN IMMEDIATE)
+            raise locked_error() from exc
         raise StoreError(f"cannot open database {safe_url(url)}: {exc.orig}") from exc
     if must_exist and not _has_mesh(engine):
         raise StoreError(

@@ -24,8 +24,8 @@ from sqlalchemy import Connection, Engine, insert, select, text
 from sqlalchemy.exc import OperationalError
 
 from meshgate.store import schema
-from meshgate.store.db import BUSY_TIMEOUT_MS
-from meshgate.store.errors import LockedError, StoreError
+from meshgate.store.db import BUSY_TIMEOUT_MS, is_locked, locked_error
+from meshgate.store.errors import StoreError
 
 
 def default_actor() -> str:
@@ -100,11 +100,8 @@ def write(engine: Engine, summary: str, actor: str | None = None) -> Iterator[Wr
                 w.revision = int(result.inserted_primary_key[0])  # type: ignore[index]
     except OperationalError as exc:
         msg = str(exc.orig)
-        if "locked" in msg or "busy" in msg or "lock timeout" in msg:
-            raise LockedError(
-                f"the database is locked by another writer (waited {BUSY_TIMEOUT_MS / 1000:g} s); "
-                "nothing was changed, try again"
-            ) from exc
+        if is_locked(exc):
+            raise locked_error() from exc
         if "disk" in msg or "full" in msg:
             raise StoreError(f"the database could not be written ({msg}); nothing was changed") from exc
         raise StoreError(f"database error: {msg}; nothing was changed") from exc
