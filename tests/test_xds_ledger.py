@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from sqlalchemy import event
 
@@ -14,8 +12,9 @@ from tests.xds_support import new_mesh, service, sidecar
 
 
 @pytest.fixture
-def engine(tmp_path: Path):  # type: ignore[no-untyped-def]
-    e = new_mesh(tmp_path / "m.db")
+def engine(store_url: str):  # type: ignore[no-untyped-def]
+    """SQLite, and PostgreSQL when MESHGATE_TEST_PG is set."""
+    e = new_mesh(store_url)
     service(e, "web")
     for i in range(10):
         sidecar(e, f"web-{i}", "web")

@@ -32,8 +32,8 @@ from meshgate.xds.server import XdsServer
 CDS, EDS, SDS, LDS, RDS = types.CLUSTER, types.ENDPOINT, types.SECRET, types.LISTENER, types.ROUTE
 
 
-def new_mesh(db_path: Path, *, default_action: str = "allow", mtls_mode: str = "strict") -> Engine:
-    """What `meshgate init` makes (mesh + root CA + key file) on a fresh SQLite file."""
+def new_mesh(db_path: Path | str, *, default_action: str = "allow", mtls_mode: str = "strict") -> Engine:
+    """What `meshgate init` makes (mesh + root CA + key) in a fresh store (SQLite path or URL)."""
     engine = open_store(str(db_path), must_exist=False)
     keybox = create_keybox(str(engine.url))
     with write(engine, "init") as w:

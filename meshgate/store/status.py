@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, or_, select, update
+from sqlalchemy import Engine, bindparam, delete, insert, or_, select, update
 
 from meshgate.store import schema
 
@@ -35,26 +35,62 @@ def _held_elsewhere(t: Any, values: Mapping[str, Any]) -> Any:
                t.c.connected_since <= values["connected_since"])
 
 
+def _held_elsewhere_bound(t: Any, newer: bool) -> Any:
+    """`_held_elsewhere` with bound parameters (`b_replica`, `b_since`), for executemany."""
+    mine = or_(t.c.replica.is_(None), t.c.replica == bindparam("b_replica"), t.c.connected.is_not(True))
+    if not newer:
+        return mine
+    return or_(mine, t.c.connected_since.is_(None), t.c.connected_since <= bindparam("b_since"))
+
+
 def write_rows(engine: Engine, rows: Iterable[Mapping[str, Any]]) -> int:
-    """Upsert rows keyed by (proxy, type) in one transaction; returns how many written."""
+    """Upsert rows keyed by (proxy, type) in one transaction; returns how many were written
+    (rows another replica holds for a newer stream, and rows of removed proxies, are not).
+
+    Rows carry only the columns they set. Rows of the same shape go in one
+    executemany, so a flush after 1,000 proxies ACKed is a handful of
+    statements, not thousands (the flush thread then barely holds the GIL).
+    """
     t = schema.proxy_status
+    prepared = [{k: (json.dumps(v) if k in _JSON and v is not None else v) for k, v in row.items() if k in t.c}
+                for row in rows]
+    if not prepared:
+        return 0
+    names = sorted({r["proxy"] for r in prepared})
     n = 0
     with engine.begin() as conn:
-        for row in rows:
-            values = {k: (json.dumps(v) if k in _JSON and v is not None else v)
-                      for k, v in row.items() if k in t.c}
-            key = (t.c.proxy == values["proxy"]) & (t.c.type == values["type"])
-            rest = {k: v for k, v in values.items() if k not in ("proxy", "type")}
-            if conn.execute(update(t).where(key, _held_elsewhere(t, values)).values(**rest)).rowcount:
-                n += 1
-            elif conn.execute(select(t.c.proxy).where(key)).first() is not None:
-                continue  # another replica holds this proxy's stream now
-            # the proxy may have been removed meanwhile: no orphan rows
-            elif conn.execute(
-                select(schema.proxies.c.name).where(schema.proxies.c.name == values["proxy"])
-            ).first() is not None:
-                conn.execute(insert(t).values(**values))
-                n += 1
+        existing: set[tuple[str, str]] = set()
+        alive: set[str] = set()
+        for i in range(0, len(names), 500):
+            chunk = names[i:i + 500]
+            existing.update((r.proxy, r.type) for r in conn.execute(
+                select(t.c.proxy, t.c.type).where(t.c.proxy.in_(chunk))))
+            alive.update(conn.execute(
+                select(schema.proxies.c.name).where(schema.proxies.c.name.in_(chunk))).scalars())
+        updates: dict[tuple[tuple[str, ...], bool], list[dict[str, Any]]] = {}
+        inserts: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for r in prepared:
+            if (r["proxy"], r["type"]) in existing:
+                newer = bool(r.get("connected")) and r.get("connected_since") is not None
+                updates.setdefault((tuple(sorted(r)), newer), []).append(r)
+            elif r["proxy"] in alive:  # the proxy may have been removed meanwhile: no orphan rows
+                inserts.setdefault(tuple(sorted(r)), []).append(r)
+        for (cols, newer), batch in updates.items():
+            sets = [c for c in cols if c not in ("proxy", "type")]
+            stmt = (update(t)
+                    .where(t.c.proxy == bindparam("b_proxy"), t.c.type == bindparam("b_type"),
+                           _held_elsewhere_bound(t, newer))
+                    .values({c: bindparam("v_" + c) for c in sets}))
+            params = [{"b_proxy": r["proxy"], "b_type": r["type"], "b_replica": r.get("replica"),
+                       **({"b_since": r["connected_since"]} if newer else {}),
+                       **{"v_" + c: r[c] for c in sets}} for r in batch]
+            if len(params) == 1 or not conn.dialect.supports_sane_multi_rowcount:
+                n += sum(conn.execute(stmt, p).rowcount for p in params)
+            else:
+                n += conn.execute(stmt, params).rowcount  # rows held by another replica are not counted
+        for batch in inserts.values():
+            conn.execute(insert(t), batch)
+            n += len(batch)
     return n
 
 
