@@ -20,23 +20,14 @@ COLUMNS = tuple(c.name for c in schema.proxy_status.columns)
 _JSON = ("nack_resources", "nack_sources", "acked_roots")
 
 
-def _held_elsewhere(t: Any, values: Mapping[str, Any]) -> Any:
+def _ours_to_write(t: Any, newer: bool) -> Any:
     """Replicas: a row another replica holds for a newer stream is not ours to write.
 
     A proxy that moved from replica A to B must not be shown disconnected (or
     on A) by a late write from A: A may write over its own rows, rows nobody
-    holds, and, when connected, rows of an older stream (a dead replica's).
+    holds, and, when connected (`newer`), rows of an older stream (a dead
+    replica's). Bound parameters `b_replica` and `b_since` (executemany).
     """
-    replica = values.get("replica")
-    mine = or_(t.c.replica.is_(None), t.c.replica == replica, t.c.connected.is_not(True))
-    if not values.get("connected") or values.get("connected_since") is None:
-        return mine
-    return or_(mine, t.c.connected_since.is_(None),
-               t.c.connected_since <= values["connected_since"])
-
-
-def _held_elsewhere_bound(t: Any, newer: bool) -> Any:
-    """`_held_elsewhere` with bound parameters (`b_replica`, `b_since`), for executemany."""
     mine = or_(t.c.replica.is_(None), t.c.replica == bindparam("b_replica"), t.c.connected.is_not(True))
     if not newer:
         return mine
@@ -79,7 +70,7 @@ def write_rows(engine: Engine, rows: Iterable[Mapping[str, Any]]) -> int:
             sets = [c for c in cols if c not in ("proxy", "type")]
             stmt = (update(t)
                     .where(t.c.proxy == bindparam("b_proxy"), t.c.type == bindparam("b_type"),
-                           _held_elsewhere_bound(t, newer))
+                           _ours_to_write(t, newer))
                     .values({c: bindparam("v_" + c) for c in sets}))
             params = [{"b_proxy": r["proxy"], "b_type": r["type"], "b_replica": r.get("replica"),
                        **({"b_since": r["connected_since"]} if newer else {}),
