@@ -67,6 +67,7 @@ def test_metrics_and_api_show_xds_and_mesh(stack: Stack) -> None:
     assert 'meshgate_edge_requests_total{callee="orders",caller="web",code_class="5xx"} 3.0' in text
     assert 'meshgate_service_rbac_denied_total{service="orders"} 6.0' in text
     assert "meshgate_ca_expiry_timestamp_seconds{" in text
+    assert 'meshgate_proxy_certificate_expiry_timestamp_seconds{proxy="orders-1"}' in text
     proxies = {p["proxy"]: p for p in stack.get("/api/proxies")["proxies"]}
     for name in ("web-1", "orders-1"):
         p = proxies[name]

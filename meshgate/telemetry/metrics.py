@@ -180,6 +180,13 @@ class MeshCollector(Collector):
         for (caller, callee, kind, rule), n in sorted(hub.denial_rules.items()):
             den.add_metric([caller, callee, kind, rule], n)
         yield den
+        exp = GaugeMetricFamily("meshgate_proxy_certificate_expiry_timestamp_seconds",
+                                "Expiry (unix time) of the certificate each proxy presents, "
+                                "as its Envoy reports it.", labels=["proxy"])
+        for p in sorted(hub.proxies.values(), key=lambda p: p.node_id):
+            if p.cert_expiry is not None:
+                exp.add_metric([p.node_id], p.cert_expiry)
+        yield exp
         rep = GaugeMetricFamily("meshgate_telemetry_proxies_reporting",
                                 "Proxies with an open stats stream.")
         rep.add_metric([], sum(1 for p in hub.proxies.values() if p.connected))
