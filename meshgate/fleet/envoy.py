@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,7 @@ class EnvoyProcess:
     def stats(self, filter_: str | None = None) -> dict[str, int]:
         q = "/stats?format=json"
         if filter_:
-            q += f"&filter={urllib.request.quote(filter_)}"
+            q += f"&filter={urllib.parse.quote(filter_)}"
         data = json.loads(self.admin(q))
         out: dict[str, int] = {}
         for s in data.get("stats", []):
