@@ -423,3 +423,55 @@ def test_postgres_dump_and_restore(pg_url: str, tmp_path: Path) -> None:
             _check_restored(eng, target)
     finally:
         eng.dispose()
+
+
+def test_revision_ids_become_visible_in_order(store_url: str) -> None:
+    """Two writers at once, a reader polling like a replica: the reader never sees a
+    revision id before a lower one (so polling max(id) and patching from the last
+    id skips nothing). On PostgreSQL this holds because writers take txn.WRITE_LOCK."""
+    import random
+
+    from sqlalchemy import event
+
+    eng = create(store_url)
+    try:
+        migrations.upgrade(eng)
+        with write(eng, "init") as w:
+            create_mesh(w, "example.org")
+        # widen the window between drawing a revision id and committing it
+        event.listen(eng, "commit", lambda conn: time.sleep(random.random() * 0.01))
+        stop = threading.Event()
+        errors: list[BaseException] = []
+        seen: list[int] = []
+
+        def writer(prefix: str) -> None:
+            try:
+                for n in range(15):
+                    with write(eng, f"{prefix}{n}") as w:
+                        add_service(w, f"{prefix}{n}", "http", 80)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        def reader() -> None:
+            last = 1
+            while not stop.is_set():
+                with eng.connect() as conn:
+                    ids = conn.execute(select(schema.revisions.c.id).where(
+                        schema.revisions.c.id > last).order_by(schema.revisions.c.id)).scalars().all()
+                if ids:
+                    seen.extend(ids)
+                    last = ids[-1]
+
+        threads = [threading.Thread(target=writer, args=(p,)) for p in ("a", "b")]
+        watcher = threading.Thread(target=reader)
+        watcher.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        stop.set()
+        watcher.join(10)
+        assert errors == []
+        assert seen == list(range(2, 32)), "a revision became visible after a higher one"
+    finally:
+        eng.dispose()
