@@ -98,13 +98,29 @@ def write(engine: Engine, summary: str, actor: str | None = None) -> Iterator[Wr
                     )
                 )
                 w.revision = int(result.inserted_primary_key[0])  # type: ignore[index]
-    except OperationalError as exc:
+    except OperationalError as error:
+        exc = _first_database_error(error)
         msg = str(exc.orig)
         if is_locked(exc):
-            raise locked_error() from exc
+            raise locked_error() from error
         if "disk" in msg or "full" in msg:
-            raise StoreError(f"the database could not be written ({msg}); nothing was changed") from exc
-        raise StoreError(f"database error: {msg}; nothing was changed") from exc
+            raise StoreError(f"the database could not be written ({msg}); nothing was changed") from error
+        raise StoreError(f"database error: {msg}; nothing was changed") from error
+
+
+def _first_database_error(exc: OperationalError) -> OperationalError:
+    """The first database error behind `exc`. On SQLITE_FULL (and I/O errors) SQLite
+    rolls the whole transaction back by itself, so leaving a savepoint (apply runs
+    each change in one) then fails with "no such savepoint": the reason is the
+    error that came first."""
+    first, cause = exc, exc.__context__
+    for _ in range(10):  # a short chain; never loop on a cycle
+        if cause is None:
+            break
+        if isinstance(cause, OperationalError):
+            first = cause
+        cause = cause.__context__
+    return first
 
 
 def current_revision(conn: Connection) -> int:
