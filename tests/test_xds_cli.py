@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.extensions.resource_monitors.downstream_connections.v3 import (  # noqa: F401
+    downstream_connections_pb2,
+)
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401 - registers the type
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format

@@ -12,6 +12,8 @@
 - `set_node_on_first_message_only` (else every request carries a 61 KB node)
   and a 0.1-0.5 s reconnect back-off (ENVOY_NOTES.md);
 - the admin interface on 127.0.0.1 only;
+- a cap on downstream connections (`MAX_DOWNSTREAM_CONNECTIONS`, Envoy's
+  overload manager; without one Envoy warns at start that nothing limits them);
 - TLS to the control plane when `xds_ca_pem` is given: the server's
   certificate must chain to those roots and carry the URI SAN `xds_san`.
 
@@ -33,6 +35,8 @@ RETRY_BASE = "0.1s"
 RETRY_MAX = "0.5s"
 TLS_SOCKET = "envoy.transport_sockets.tls"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+MAX_DOWNSTREAM_CONNECTIONS = 50_000
+DOWNSTREAM_CONNECTIONS = "envoy.resource_monitors.global_downstream_max_connections"
 
 
 def control_plane_identity(trust_domain: str) -> str:
@@ -174,6 +178,16 @@ def render_bootstrap(
             "lds_config": dict(ads_source),
         },
         "static_resources": {"clusters": [_xds_cluster(servers, xds_ca_pem, xds_san)]},
+        "overload_manager": {
+            "resource_monitors": [{
+                "name": DOWNSTREAM_CONNECTIONS,
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3"
+                             ".DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
+                },
+            }]
+        },
     }
     for key, value in (extra or {}).items():
         if isinstance(value, list) and isinstance(boot.get(key), list):
