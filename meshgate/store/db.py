@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import NullPool
@@ -61,6 +63,16 @@ def safe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         return url.split("@")[-1] if "@" in url else url
+
+
+READ_ONLY = "meshgate_read_only"
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A connection for a consistent read that takes no write lock."""
+    with engine.connect() as conn:
+        yield conn.execution_options(**{READ_ONLY: True})
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -122,9 +134,16 @@ def create(url: str) -> Engine:
 
         # pysqlite's own transaction handling is off (isolation_level=None);
         # begin explicitly so every write is one real transaction.
+        # Writers take the write lock up front (BEGIN IMMEDIATE) so the busy
+        # timeout applies instead of a deadlock error on lock upgrade; readers
+        # opened with `reading()` begin deferred and, in WAL mode, never block
+        # a writer (the server loads the World on every change).
         @event.listens_for(engine, "begin")
         def _begin(conn) -> None:  # type: ignore[no-untyped-def]
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            if conn.get_execution_options().get(READ_ONLY):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     if make_url(url).get_backend_name() == "postgresql":

@@ -22,6 +22,7 @@ from meshgate.model import (
     World,
 )
 from meshgate.store import schema
+from meshgate.store.db import reading
 from meshgate.store.errors import StoreError
 from meshgate.store.txn import current_revision
 
@@ -162,7 +163,7 @@ def _root_of(cert_pem: str, chain_pem: str) -> str:
 
 
 def load_world(engine: Engine) -> World:
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         return load_world_conn(conn)
 
 

@@ -17,13 +17,13 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from meshgate.store import schema
-from meshgate.store.db import sqlite_path
+from meshgate.store.db import reading, sqlite_path
 
 DEFAULT_INTERVAL = 0.15
 
 
 def change_token(engine: Engine) -> tuple[Any, ...]:
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         rev = conn.execute(select(func.coalesce(func.max(schema.revisions.c.id), 0))).scalar_one()
         cas = tuple(
             (r.id, r.status)
