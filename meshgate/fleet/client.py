@@ -157,3 +157,25 @@ class Traffic:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m meshgate.fleet.client --issuer URL --audience AUD --jwks-out F --token-out F`:
+    a fresh signing key, its JWKS (for `meshgate jwt add --jwks-file`) and one token (compose/)."""
+    import argparse
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--issuer", required=True)
+    p.add_argument("--audience", required=True)
+    p.add_argument("--jwks-out", required=True, type=Path)
+    p.add_argument("--token-out", required=True, type=Path)
+    p.add_argument("--ttl", type=int, default=7 * 24 * 3600, help="token lifetime, seconds")
+    a = p.parse_args(argv)
+    issuer = Issuer(a.issuer, a.audience)
+    a.jwks_out.write_text(issuer.jwks() + "\n")
+    a.token_out.write_text(issuer.token(ttl=a.ttl) + "\n")
+
+
+if __name__ == "__main__":
+    main()
