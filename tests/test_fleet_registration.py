@@ -217,6 +217,19 @@ async def test_disconnect_marks_grace_keeps_a_reconnect_then_removal(mesh) -> No
     assert (change["kind"], change["op"], change["after"]) == ("instances", "remove", None)
 
 
+async def test_a_stream_that_ended_here_is_marked_even_while_settling(mesh) -> None:  # type: ignore[no-untyped-def]
+    """The start-up settle time is for sidecars that have not reconnected yet, not for
+    one this replica saw leave."""
+    engine, tokens = mesh
+    registrar = Registrar(engine, replica="r1", settle=3600)
+    async with serving(engine, secrets=FakeSecrets(), hooks=[registrar]) as srv:
+        c = await connect(srv.port, tokens["orders-1"], "orders-1", sidecar_meta())
+        await c.recv()
+        await c.__aexit__()
+        await _until(lambda: not registrar.live)
+        assert (await registrar.sweep()).marked == ["orders-1"]
+
+
 async def test_reconnect_with_the_same_instance_writes_nothing(mesh) -> None:  # type: ignore[no-untyped-def]
     engine, tokens = mesh
     async with serving(engine, secrets=FakeSecrets(), hooks=[Registrar(engine, replica="r1")]) as srv:

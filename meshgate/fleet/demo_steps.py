@@ -149,13 +149,16 @@ def scale_up(fleet: Fleet, show: Show, pace: Pace) -> StepResult:
     registered = time.monotonic() - t0
     # its first health checks may run before its inbound listener exists: traffic follows soon after
     wait_until(lambda: "orders-2" in _served_by(fleet, 4)[0], 30, "orders-2 to receive traffic", 0.2)
+    serving = time.monotonic() - t0
     seen, failures = _served_by(fleet, pace.requests)
     ok = set(seen) == {"orders-1", "orders-2"} and not failures
     spread = ", ".join(f"{k} ×{v}" for k, v in sorted(seen.items()))
     return StepResult("scale-up", "", ok,
-                      f"orders-2 registered itself {registered:.1f}s after start; "
-                      f"{pace.requests} requests: {spread}" + (f"; failed: {failures[:3]}" if failures else ""),
-                      data={"registered_after": registered, "served": dict(seen), "failed": len(failures)})
+                      f"orders-2 registered itself {registered:.1f}s after start, took traffic after "
+                      f"{serving:.1f}s (health-checked first); {pace.requests} requests: {spread}"
+                      + (f"; failed: {failures[:3]}" if failures else ""),
+                      data={"registered_after": registered, "serving_after": serving, "served": dict(seen),
+                            "failed": len(failures)})
 
 
 def _chain_ok(fleet: Fleet, path: str) -> tuple[bool, str]:

@@ -24,7 +24,8 @@ proxy is connected to another replica (its `proxy_status` rows say so, written
 by that replica within half a second), and clears a mark left by a replica the
 sidecar moved away from. A stopping replica marks nothing (its sidecars will
 reconnect elsewhere, or to it once restarted), and a starting one waits
-`settle` seconds before marking sidecars that have not reconnected; the grace
+`settle` seconds before marking sidecars it has not seen connect (a stream
+that ended on this replica is marked at the next sweep); the grace
 counts from the replica's start at the earliest, so a control plane that was
 down longer than the grace does not remove instances before their sidecars
 could come back.
@@ -184,12 +185,14 @@ class Registrar:
         self.interval = interval
         self.started = clock()
         self.live: Counter[str] = Counter()  # proxy -> open streams on this replica
+        self.seen: set[str] = set()  # proxies that streamed from this replica since it started
         self._lock = asyncio.Lock()  # one registration or sweep at a time
         self._task: asyncio.Task[None] | None = None
 
     # -- stream hooks -------------------------------------------------------------
     async def connected(self, proxy: Proxy, node: Any) -> None:
         self.live[proxy.name] += 1
+        self.seen.add(proxy.name)
         try:
             claim = parse_claim(proxy, node.metadata)
         except MeshgateError as exc:
@@ -234,8 +237,8 @@ class Registrar:
 
     async def sweep(self) -> SweepResult:
         async with self._lock:
-            live = frozenset(self.live)
-            result = await asyncio.to_thread(self._sweep, live, self.clock())
+            live, seen = frozenset(self.live), frozenset(self.seen)
+            result = await asyncio.to_thread(self._sweep, live, seen, self.clock())
         for name in result.marked:
             event(log, "instance-disconnected", proxy=name)
         for name in result.removed:
@@ -288,7 +291,7 @@ class Registrar:
              app_port=claim.app_port, disconnected_at=None)
         return "moved"
 
-    def _sweep(self, live: frozenset[str], now: float) -> SweepResult:
+    def _sweep(self, live: frozenset[str], seen: frozenset[str], now: float) -> SweepResult:
         i, st = schema.instances, schema.proxy_status
         with self.engine.connect() as conn:
             rows = conn.execute(select(i).where(i.c.source == "proxy").order_by(i.c.id)).all()
@@ -309,7 +312,8 @@ class Registrar:
             elif r.proxy is not None and r.proxy in elsewhere:
                 continue  # the replica holding its stream owns it
             elif r.disconnected_at is None:
-                if now - self.started >= self.settle:
+                # a stream that ended here is gone now; others may still be reconnecting after a start
+                if r.proxy in seen or now - self.started >= self.settle:
                     plan.append(("mark", r))
             elif now - max(r.disconnected_at, self.started) >= grace:
                 plan.append(("remove", r))
