@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_PART = re.compile(r"(\d+)([dhms])")
-_WHOLE = re.compile(r"^(\d+[dhms])+$")
+_PART = re.compile(r"([0-9]+)([dhms])")  # ASCII digits only (\d also matches "٣")
+_WHOLE = re.compile(r"^([0-9]+[dhms])+$")
 
 
 def parse_duration(text: str | int) -> int:
@@ -23,7 +23,7 @@ def parse_duration(text: str | int) -> int:
     if isinstance(text, int):
         return text
     value = text.strip().lower()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return int(value)
     if not _WHOLE.match(value):
         raise ValueError(f"{text!r} is not a duration (e.g. 90s, 30m, 1h, 1h30m)")

@@ -14,6 +14,7 @@ usage errors (bad arguments) exit 2.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -22,6 +23,21 @@ class MeshgateError(Exception):
     """Base of every error meshgate raises on purpose."""
 
     exit_code = 1
+    multiline = False  # True: a header line, then one indented line per problem
+
+
+def printable(text: str) -> str:
+    """`text` with control, format and line-separator characters escaped (`\\n`,
+    `\\x00`, `\\u202e`): a value echoed in an error cannot break it into lines, hide
+    parts of it or reorder it on a terminal."""
+
+    def shown(c: str) -> str:
+        if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp"):
+            return c
+        escaped = repr(c)[1:-1]
+        return escaped if escaped != c else f"\\u{ord(c):04x}"
+
+    return "".join(shown(c) for c in text)
 
 
 @dataclass(frozen=True)

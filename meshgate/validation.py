@@ -42,8 +42,8 @@ def is_ip(value: str) -> bool:
 
 def split_host_port(value: str) -> tuple[str, int] | None:
     """'127.0.0.1:8443' or '[::1]:8443' -> (host, port); None when malformed."""
-    m = re.match(r"^\[([0-9a-fA-F:.]+)\]:(\d{1,5})$", value) or re.match(
-        r"^([^:\[\]]+):(\d{1,5})$", value
+    m = re.match(r"^\[([0-9a-fA-F:.]+)\]:([0-9]{1,5})$", value) or re.match(
+        r"^([^:\[\]]+):([0-9]{1,5})$", value
     )
     if not m:
         return None

@@ -14,7 +14,7 @@ from sqlalchemy.exc import DatabaseError
 
 from meshgate import __version__
 from meshgate.cli.context import pass_ctx  # noqa: F401  (re-exported for noun modules)
-from meshgate.errors import MeshgateError
+from meshgate.errors import MeshgateError, printable
 
 # (module, attribute) of every command; each noun module owns its commands.
 COMMANDS: list[tuple[str, str]] = [
@@ -48,7 +48,10 @@ class MeshgateGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MeshgateError as exc:
-            click.echo(f"error: {exc}", err=True)
+            # values in messages come from the user: never let them add lines or hide text
+            text = str(exc)
+            lines = text.split("\n") if exc.multiline else [text]
+            click.echo("error: " + "\n".join(printable(line) for line in lines), err=True)
             ctx.exit(exc.exit_code)
         except DatabaseError as exc:
             # e.g. a --db file that is not a database: one line, never a traceback.

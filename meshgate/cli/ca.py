@@ -78,13 +78,13 @@ def show(ctx: CliContext, output: str) -> None:
     click.echo(f"signing: {data['signing']}")
 
 
-def _read(path: Path | None) -> str:
+def _read(path: Path | None, option: str) -> str:
     if path is None:
         return ""
     try:
         return path.read_text()
     except UnicodeDecodeError as exc:
-        raise click.BadParameter(f"{path} is not a PEM text file") from exc
+        raise click.BadParameter(f"{path} is not a PEM text file", param_hint=option) from exc
 
 
 def _print_status(st: dict[str, Any]) -> None:
@@ -152,7 +152,8 @@ def import_(ctx: CliContext, cert_file: Path, key_file: Path, chain_file: Path |
         meshgate ca import --cert inter.pem --key inter.key --chain root.pem --wait
     """
     now = time.time()
-    signer = importing.validate_import(_read(cert_file), _read(key_file), _read(chain_file), now)
+    signer = importing.validate_import(_read(cert_file, "--cert"), _read(key_file, "--key"),
+                                       _read(chain_file, "--chain"), now)
     box = load_keybox(resolve_url(ctx.db))
     rotation.start(ctx.engine, box, now, actor=ctx.actor, signer=signer)
     click.echo(f"imported CA {signer.fingerprint[:16]} ({signer.cert.subject.rfc4514_string()}); "

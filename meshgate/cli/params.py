@@ -15,7 +15,7 @@ from typing import Any
 import click
 from click.shell_completion import CompletionItem
 
-_INT = re.compile(r"^[+-]?\d+$")
+_INT = re.compile(r"^[+-]?[0-9]+$")  # ASCII digits: int() also reads "٨٠" and "８０"
 
 
 class LenientInt(click.ParamType):
@@ -27,7 +27,12 @@ class LenientInt(click.ParamType):
         if isinstance(value, int):
             return value
         text = str(value).strip()
-        return int(text) if _INT.match(text) else value
+        if not _INT.match(text):
+            return value
+        try:
+            return int(text)
+        except ValueError:  # more digits than Python converts (4300): no port or count anyway
+            return value
 
 
 class LenientChoice(click.ParamType):

@@ -47,8 +47,14 @@ def policy() -> None:
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
-    """`--x a,b --x c` -> [a, b, c] (empty items kept out)."""
-    return [item.strip() for v in values for item in v.split(",") if item.strip() != ""]
+    """`--x a,b --x c` -> [a, b, c] (empty items kept out). A flag given with nothing in it
+    (`--method ""`, e.g. from an unset shell variable) stays as "" for validation to refuse:
+    dropping it would silently widen the rule to every method."""
+    out: list[str] = []
+    for v in values:
+        items = [item.strip() for item in v.split(",") if item.strip() != ""]
+        out.extend(items or [v.strip()])
+    return out
 
 
 def _headers(raw: tuple[str, ...], v: list[Violation]) -> tuple[tuple[str, str], ...]:

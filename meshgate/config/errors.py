@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from meshgate.errors import MeshgateError, ValidationError, Violation
+from meshgate.errors import MeshgateError, ValidationError, Violation, printable
 
 
 @dataclass(frozen=True)
@@ -20,11 +20,13 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
+        return printable(f"{self.where}: {self.message}")  # one line, whatever the file held
 
 
 class ConfigError(ValidationError):
     """Every problem found in the input, one per line; nothing was written."""
+
+    multiline = True
 
     def __init__(self, problems: Iterable[Problem], exit_code: int = 2) -> None:
         self.problems = tuple(problems)
@@ -40,6 +42,8 @@ class ConfigError(ValidationError):
 
 class EnvoyRejected(MeshgateError):
     """Envoy refused the configuration of one or more proxies."""
+
+    multiline = True
 
     def __init__(self, failures: Iterable[tuple[str, str]], suffix: str = "") -> None:
         self.failures = tuple(failures)

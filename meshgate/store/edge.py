@@ -37,7 +37,7 @@ MAX_RATE_REQUESTS = 1_000_000
 MAX_RATE_SECONDS = 86400
 MAX_CLAIMS = 20
 MTLS_CLAIM = "san"
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\S+)\s*$")
+_RATE = re.compile(r"^\s*([0-9]+)\s*/\s*(\S+)\s*$")
 _UNIT = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
 
 

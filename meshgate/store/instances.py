@@ -27,6 +27,7 @@ from meshgate.store.world import instance_from_row
 from meshgate.validation import Checker, is_ip
 
 MAX_WEIGHT = 10000
+MAX_ID = 2**63 - 1  # SQLite INTEGER
 SOURCES = ("cli", "proxy")
 
 
@@ -162,7 +163,7 @@ def list_instances(conn: Connection, service: str | None = None) -> list[Instanc
 def remove_instance(w: Write, instance_id: Any) -> Instance:
     """Remove one instance by id; returns what was removed."""
     v = Checker("instance")
-    v.positive_int("id", instance_id)
+    v.positive_int("id", instance_id, MAX_ID)  # beyond it SQLite cannot even look it up
     v.done()
     inst = get_instance(w.conn, instance_id)
     before = read_row(w.conn, schema.instances, inst.id)

@@ -35,7 +35,7 @@ from meshgate.store import schema
 from meshgate.store.rows import read_row, record_row
 from meshgate.store.txn import Write
 from meshgate.store.world import jwt_provider_from_row
-from meshgate.validation import Checker
+from meshgate.validation import Checker, is_hostname, is_ip
 
 MAX_JWKS_BYTES = 256 * 1024
 MAX_KEYS = 100
@@ -171,6 +171,9 @@ def check_jwks_uri(v: Checker, uri: Any) -> None:
     if not isinstance(uri, str) or len(uri) > 1000:
         v.add("jwks_uri", "must be a URL of at most 1000 characters")
         return
+    if any(c.isspace() or not c.isprintable() for c in uri):
+        v.add("jwks_uri", f"{uri!r} holds spaces or control characters (percent-encode them)")
+        return
     try:
         parts = urlsplit(uri)
         port = parts.port
@@ -180,6 +183,8 @@ def check_jwks_uri(v: Checker, uri: Any) -> None:
     host = parts.hostname or ""
     if parts.scheme not in ("https", "http") or not host:
         v.add("jwks_uri", f"{uri!r} is not an https:// URL")
+    elif not (is_hostname(host) or is_ip(host)):
+        v.add("jwks_uri", f"{uri!r}: {host!r} is not a host name or IP address")
     elif parts.scheme == "http" and not _is_loopback(host):
         v.add("jwks_uri", f"{uri!r}: plain http is allowed only from a loopback host; use https")
     if parts.username or parts.password:

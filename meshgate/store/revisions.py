@@ -77,7 +77,7 @@ def list_revisions(conn: Connection, limit: int | None = None) -> list[Revision]
     r = schema.revisions
     q = select(r).order_by(r.c.id.desc())
     if limit is not None:
-        q = q.limit(limit)
+        q = q.limit(min(limit, 2**63 - 1))  # SQLite's largest integer: more means all
     return [_revision(x) for x in conn.execute(q)]
 
 
