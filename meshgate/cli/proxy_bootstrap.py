@@ -16,7 +16,7 @@ import click
 
 from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.params import INT
-from meshgate.errors import ValidationError, Violation
+from meshgate.errors import Conflict, ValidationError, Violation
 from meshgate.fleet.bootstrap import XDS_CLUSTER, control_plane_identity, render_bootstrap
 from meshgate.model import Instance
 from meshgate.store.proxies import get_proxy, verify_token
@@ -82,6 +82,8 @@ def bootstrap(ctx: CliContext, name: str, token: str | None, rotate_token: bool,
     v.done()
     with ctx.engine.connect() as conn:
         proxy = get_proxy(conn, name)
+        if proxy.revoked:  # the server refuses its token: a bootstrap could never connect
+            raise Conflict(f'proxy "{name}" is revoked; remove it and add it again for a new token')
         if token and not verify_token(conn, name, token):
             raise ValidationError([Violation("--token", f'not the current token of proxy "{name}" '
                                              "(wrong, or rotated since)")])

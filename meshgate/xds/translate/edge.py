@@ -55,12 +55,13 @@ from meshgate.store.edge import host_matches
 from meshgate.validation import is_ip, split_host_port
 from meshgate.xds import types
 from meshgate.xds.translate import edge_auth, tls
-from meshgate.xds.translate.common import ads_source, pack, seconds, socket_address
+from meshgate.xds.translate.common import ads_source, pack, socket_address
 from meshgate.xds.translate.edge_jwks import jwks_cluster
 from meshgate.xds.translate.generated import Generated, Options
 from meshgate.xds.translate.hcm import HCM_FILTER, router_filter
 from meshgate.xds.translate.health import safe_retry_policy
 from meshgate.xds.translate.index import WorldIndex
+from meshgate.xds.translate.limits import apply_request_limits, limit_listener_buffer
 from meshgate.xds.translate.names import service_cluster_name
 from meshgate.xds.translate.plan import Plan, run
 
@@ -72,7 +73,6 @@ TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 EARLY_MUTATION = "envoy.http.early_header_mutation.header_mutation"
 STRIPPED_EXACT = ("x-forwarded-client-cert",)
 STRIPPED_PREFIXES = ("x-meshgate-", "x-envoy-")
-REQUEST_HEADERS_TIMEOUT_S = 10.0
 NO_ROUTE_BODY = "meshgate edge: no route for this host and path\n"
 
 
@@ -136,7 +136,6 @@ def https_manager(providers: list[JwtProvider], options: Options) -> lc.Filter:
         forward_client_cert_details=hcm.HttpConnectionManager.SANITIZE,
         early_header_mutation_extensions=[_strip_identity_headers()],
         strip_any_host_port=True,
-        request_headers_timeout=seconds(REQUEST_HEADERS_TIMEOUT_S),
         common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
             headers_with_underscores_action=protocol_pb2.HttpProtocolOptions.DROP_HEADER
         ),
@@ -145,6 +144,7 @@ def https_manager(providers: list[JwtProvider], options: Options) -> lc.Filter:
     if providers:
         manager.local_reply_config.CopyFrom(_jwt_failures_are_401())
     apply_path_hardening(manager)
+    apply_request_limits(manager, edge=True)  # anyone can connect here (limits.py)
     return lc.Filter(name=HCM_FILTER, typed_config=pack(manager))
 
 
@@ -220,6 +220,7 @@ def https_listener(proxy: Proxy, world: World, routes: list[EdgeRoute], options:
             lc.ListenerFilter(name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector()))
         ],
     )
+    limit_listener_buffer(listener)
     has_ca = bool(proxy.client_ca_pem)
     for host in hosts:
         listener.filter_chains.append(
@@ -264,16 +265,17 @@ def http_redirect_listener(proxy: Proxy) -> Generated | None:
         route_config=config,
         http_filters=[router_filter()],
         strip_any_host_port=True,
-        request_headers_timeout=seconds(REQUEST_HEADERS_TIMEOUT_S),
     )
     manager.use_remote_address.value = True
     apply_path_hardening(manager)
+    apply_request_limits(manager, edge=True)
     listener = listener_pb2.Listener(
         name=HTTP_LISTENER,
         address=socket_address(address if is_ip(address) else "0.0.0.0", proxy.http_redirect_port),
         traffic_direction=base_pb2.INBOUND,
         filter_chains=[lc.FilterChain(filters=[lc.Filter(name=HCM_FILTER, typed_config=pack(manager))])],
     )
+    limit_listener_buffer(listener)
     return Generated(types.LISTENER, HTTP_LISTENER, listener, sources=(f"proxy:{proxy.name}",))
 
 

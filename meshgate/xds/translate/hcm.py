@@ -14,6 +14,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 
 from meshgate.policy.hardening import apply_path_hardening
 from meshgate.xds.translate.common import ads_source, pack
+from meshgate.xds.translate.limits import apply_request_limits
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
@@ -51,4 +52,5 @@ def http_manager(
         manager.forward_client_cert_details = hcm.HttpConnectionManager.SANITIZE_SET
         manager.set_current_client_cert_details.uri = True
     apply_path_hardening(manager)
+    apply_request_limits(manager)  # header size and time, stream idle (limits.py)
     return listener_components_pb2.Filter(name=HCM_FILTER, typed_config=pack(manager))

@@ -21,6 +21,7 @@ from meshgate.xds.translate.common import pack, socket_address
 from meshgate.xds.translate.generated import Generated, Options
 from meshgate.xds.translate.hcm import http_manager
 from meshgate.xds.translate.health import app_unavailable_reply, inbound_health_filter
+from meshgate.xds.translate.limits import limit_listener_buffer
 from meshgate.xds.translate.names import (
     INBOUND_LISTENER,
     INBOUND_ROUTE,
@@ -85,6 +86,7 @@ def inbound_listener(
         address=socket_address(bind, instance.inbound_port),
         traffic_direction=base_pb2.INBOUND,
     )
+    limit_listener_buffer(listener)  # callers' connections (limits.py)
     if mesh.mtls_mode == "permissive":
         listener.listener_filters.append(
             lc.ListenerFilter(name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector()))
