@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
+import ssl
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from meshgate.ca import authority
 from meshgate.fleet.app import App
 from meshgate.fleet.envoy import EnvoyProcess, free_port
 from meshgate.store.db import open_store
@@ -211,6 +216,80 @@ def test_a_revoked_proxy_is_cut_off_and_cannot_reconnect(plane: Plane) -> None:
     for how in (("--token", plane.tokens["web-1"]), ("--rotate-token",)):
         r = cli_result(plane.db, "proxy", "bootstrap", "web-1", *how)
         assert r.exit_code == 1 and r.output.startswith('error: proxy "web-1" is revoked'), r.output
+
+
+class RogueServer:
+    """A TLS server on loopback presenting `cert_pem` to whoever connects (a rogue process
+    pretending to be the control plane); it completes handshakes and serves nothing."""
+
+    def __init__(self, work: Path, cert_pem: str, key_pem: str) -> None:
+        (work / "rogue.crt").write_text(cert_pem)
+        (work / "rogue.key").write_text(key_pem)
+        self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ctx.load_cert_chain(work / "rogue.crt", work / "rogue.key")
+        self.ctx.set_alpn_protocols(["h2"])
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            try:
+                with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.settimeout(1)
+                    tls.recv(1)
+            except (ssl.SSLError, OSError):
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def test_an_envoy_refuses_a_rogue_control_plane(plane: Plane) -> None:
+    """A process on the host that takes the control plane's address cannot feed Envoy: its
+    certificate must chain to the mesh roots in the bootstrap AND name
+    spiffe://<td>/control-plane. A foreign CA fails the first; a genuine mesh identity of a
+    workload (a compromised sidecar's) fails the second."""
+    from meshgate.ca.identity import IdentityIssuer
+    from meshgate.ca.keys import load_keybox
+
+    now = time.time()
+    root, root_key = authority.create_root(TD, now)
+    key = authority.new_key()
+    foreign = authority.issue_leaf(root, root_key, key.public_key(), spiffe_id=f"spiffe://{TD}/control-plane",
+                                   now=now, ttl_seconds=600, ips=("127.0.0.1",))
+    engine = open_store(str(plane.db))
+    try:
+        workload = IdentityIssuer(engine, load_keybox(str(engine.url))).identity_for(
+            "web-1", f"spiffe://{TD}/svc/web", 600, now)
+    finally:
+        engine.dispose()
+    cases = [("foreign-ca", authority.cert_pem(foreign), authority.key_pem(key), "fail_verify_error"),
+             ("workload-cert", workload.cert_chain_pem, workload.key_pem, "fail_verify_san")]
+    for name, cert, key_pem, stat in cases:
+        rogue = RogueServer(plane.work, cert, key_pem)
+        try:
+            boot = copy.deepcopy(plane.boots["mallory-1"])
+            xds = next(c for c in boot["static_resources"]["clusters"] if c["name"] == "meshgate-xds")
+            xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+                "socket_address"]["port_value"] = rogue.port
+            e = plane.attacker(name, boot)
+            wait_for(f"{name}: Envoy refuses the rogue's certificate",
+                     lambda e=e, stat=stat: e.stat(f"cluster.meshgate-xds.ssl.{stat}") >= 2, 15)
+            assert e.stat("control_plane.connected_state") == 0
+            assert _dynamic(e) == {"clusters": 0, "listeners": 0, "secrets": 0}
+            e.stop()
+        finally:
+            rogue.close()
 
 
 def cli_result(db: Path, *args: str) -> Any:
