@@ -3,6 +3,7 @@
     python -m bench                      # all of them
     python -m bench xds_scale            # only these
     python -m bench xds_scale -- --clients 200 --no-write
+    python -m bench -- --quick           # every benchmark at smoke size
 
 Each `bench/<name>.py` (not starting with "_") runs as its own process, one
 after the other, so one benchmark's processes and memory cannot skew the

@@ -155,7 +155,10 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=2, help="length of one wrk run")
     ap.add_argument("--rounds", type=int, default=15, help="alternating rounds per workload")
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--quick", action="store_true", help="smoke size: 1 round of 1 s")
     args, _ = ap.parse_known_args()  # `python -m bench -- ...` passes every benchmark the same args
+    if args.quick:
+        args.rounds, args.seconds = 1, 1
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 2

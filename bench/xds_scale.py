@@ -17,7 +17,8 @@
    client) and to one service (its callers). Includes the server's store
    poll interval (150 ms). Server RSS from /proc.
 
-Figures are printed and written to docs/benchmarks.md, section "xDS scale".
+Figures are printed and written to docs/benchmarks.md, sections "Translation" and
+"Convergence (simulated)" (translation also at 1,000 services: --small-services).
 Tests run a smoke-size version (tests/test_xds_bench_smoke.py), no timing asserted.
 """
 
@@ -44,7 +45,8 @@ from meshgate.xds.state import ConfigState  # noqa: E402
 from meshgate.xds.translate.tls import identity_secret, trust_bundle_secret  # noqa: E402
 from meshgate.xds.worldpatch import patch  # noqa: E402
 
-SECTION = "## xDS scale"
+SECTION = "## Translation"
+SECTION_FLEET = "## Convergence (simulated)"
 _START_LOAD: tuple[float, float, float] | None = None
 
 
@@ -350,21 +352,34 @@ def machine() -> str:
             f"{platform.release()}, load average at start {load}")
 
 
-def report(t: dict[str, Any], f: dict[str, Any] | None) -> str:
+def _translate_rows(t: dict[str, Any]) -> list[str]:
+    return [
+        f"| full translate + serialize, {t['services']:,} services x {t['instances'] // t['services']} "
+        f"instances, {t['proxies']:,} sidecars ({t['distinct_resources']:,} distinct resources), "
+        f"best of {t.get('runs', 1)} | {t['full_s']:.2f} s ({t['full_cpu_s']:.2f} s CPU) | <= 5 s |",
+        f"| {t['services']:,} services: one instance added, server CPU to apply | {t['one_change_cpu_ms']:.1f} ms "
+        f"({t['one_change_rebuilt_services']} service re-serialized, {t['one_change_proxies']} snapshots changed) "
+        "| <= 20 ms |",
+    ]
+
+
+def report(t: dict[str, Any], f: dict[str, Any] | None, small: dict[str, Any] | None = None) -> str:
+    """Two sections of docs/benchmarks.md: translation (`small` is an extra, smaller size) and
+    convergence with simulated clients."""
     lines = [
         SECTION, "",
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, shared with other work. "
         "`make bench` (or `.venv/bin/python bench/xds_scale.py`) reproduces it.", "",
         "| figure | value | target |", "| --- | --- | --- |",
-        f"| full translate + serialize, {t['services']:,} services x {t['instances'] // t['services']} "
-        f"instances, {t['proxies']:,} sidecars ({t['distinct_resources']:,} distinct resources), "
-        f"best of {t.get('runs', 1)} | {t['full_s']:.2f} s ({t['full_cpu_s']:.2f} s CPU) | <= 5 s |",
-        f"| one instance added: server CPU to apply | {t['one_change_cpu_ms']:.1f} ms "
-        f"({t['one_change_rebuilt_services']} service re-serialized, {t['one_change_proxies']} snapshots changed) "
-        "| <= 20 ms |",
+        *(_translate_rows(small) if small is not None else []),
+        *_translate_rows(t),
     ]
     if f is not None:
+        per_proxy_kb = (f["rss_mb"] - f["rss_idle_mb"]) * 1024 / f["streams"] if f["streams"] else float("nan")
         lines += [
+            "", SECTION_FLEET, "",
+            "Measured with `bench/xds_scale.py` on the same machine and run as the translation figures.", "",
+            "| figure | value | target |", "| --- | --- | --- |",
             f"| {f['clients']:,} delta clients: initial sync (connect to all ACKed) | {f['initial_sync_s']:.1f} s | |",
             f"| change affecting everyone ({len(f['everyone'])} clients), commit -> ACK p50 / p99 "
             f"| {pct(f['everyone'], 50) * 1000:.0f} / {pct(f['everyone'], 99) * 1000:.0f} ms | p99 <= 1 s |",
@@ -372,40 +387,53 @@ def report(t: dict[str, Any], f: dict[str, Any] | None) -> str:
             f"| {pct(f['callers'], 50) * 1000:.0f} / {pct(f['callers'], 99) * 1000:.0f} ms | |",
             f"| server CPU for the last change: read + apply the revision / re-plan (its own report) "
             f"| {f['last_load_cpu_ms']:.1f} / {f['last_apply_cpu_ms']:.1f} ms | <= 20 ms |",
-            f"| server RSS with {f['streams']:,} streams (idle before) | {f['rss_mb']:.0f} MB "
-            f"({f['rss_idle_mb']:.0f} MB) | <= 500 MB |",
+            f"| server RSS with {f['streams']:,} streams (idle before); per connected proxy | {f['rss_mb']:.0f} MB "
+            f"({f['rss_idle_mb']:.0f} MB); {per_proxy_kb:.0f} KB | <= 500 MB |",
+            "", "Commit -> ACK includes the server's store poll interval (150 ms) and the "
+            "clients' own CPU (all in one Python process on the same cores).",
         ]
-    lines += ["", "Commit -> ACK includes the server's store poll interval (150 ms) and the "
-              "clients' own CPU (all in one Python process on the same cores).", ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def write_section(text: str, path: Path = ROOT / "docs" / "benchmarks.md") -> None:
-    old = path.read_text() if path.exists() else "# Benchmarks\n\nFigures from `make bench`, per benchmark.\n"
-    if SECTION in old:
-        head, rest = old.split(SECTION, 1)
-        nxt = rest.find("\n## ")
-        tail = rest[nxt + 1:] if nxt >= 0 else ""
-        new = head + text + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
+    """Replace each `## ` section of `text` in the document (or append it), keeping the others."""
+    doc = path.read_text() if path.exists() else "# Benchmarks\n\nFigures from `make bench`, per benchmark.\n"
+    for chunk in ("\n" + text).split("\n## ")[1:]:
+        section = "## " + chunk.rstrip("\n") + "\n"
+        heading = section.split("\n", 1)[0]
+        if heading + "\n" in doc:
+            head, rest = doc.split(heading + "\n", 1)
+            nxt = rest.find("\n## ")
+            tail = rest[nxt + 1:] if nxt >= 0 else ""
+            doc = head + section + ("\n" + tail if tail else "")
+        else:
+            doc = doc.rstrip("\n") + "\n\n" + section
+    path.write_text(doc)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--services", type=int, default=10000)
+    ap.add_argument("--small-services", type=int, default=1000, help="also translate at this size (0 skips)")
     ap.add_argument("--instances", type=int, default=5)
     ap.add_argument("--clients", type=int, default=1000, help="0 skips the fleet part")
     ap.add_argument("--repeat", type=int, default=3, help="translate runs; the fastest is reported")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
-    args = ap.parse_args(argv)
+    ap.add_argument("--quick", action="store_true", help="smoke size (300/100 services, 20 clients), no write")
+    args, _ = ap.parse_known_args(argv)  # `python -m bench -- ...` passes every benchmark the same args
+    if args.quick:
+        args.services, args.small_services, args.clients, args.repeat, args.no_write = 300, 100, 20, 1, True
     global _START_LOAD
     _START_LOAD = os.getloadavg()
-    runs = [translate_bench(args.services, args.instances) for _ in range(max(1, args.repeat))]
-    t = {**min(runs, key=lambda r: r["full_s"]), "runs": len(runs)}
+
+    def best(services: int) -> dict[str, Any]:
+        runs = [translate_bench(services, args.instances) for _ in range(max(1, args.repeat))]
+        return {**min(runs, key=lambda r: r["full_s"]), "runs": len(runs)}
+
+    small = best(args.small_services) if args.small_services else None
+    t = best(args.services)
     f = fleet_bench(args.clients) if args.clients else None
-    text = report(t, f)
+    text = report(t, f, small)
     print(text)
     if not args.no_write:
         write_section(text)

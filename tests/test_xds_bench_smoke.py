@@ -40,4 +40,4 @@ def test_fleet_part_at_smoke_size(tmp_path: Path) -> None:
     bench.write_section(text, doc)
     bench.write_section(text, doc)  # replaces its own section, keeps the others
     body = doc.read_text()
-    assert body.count(bench.SECTION) == 1 and "keep me" in body
+    assert body.count(bench.SECTION) == 1 and body.count(bench.SECTION_FLEET) == 1 and "keep me" in body
