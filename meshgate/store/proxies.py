@@ -25,6 +25,7 @@ from meshgate.errors import AlreadyExists, Conflict, NotFound
 from meshgate.model import DEFAULT_OUTBOUND_PORT, PROXY_KINDS, Proxy
 from meshgate.store import schema
 from meshgate.store import status as store_status
+from meshgate.store.ports import check_outbound_port
 from meshgate.store.rows import read_row, record_row
 from meshgate.store.txn import Write
 from meshgate.store.world import proxy_from_row
@@ -117,6 +118,8 @@ def add_proxy(
         select(schema.services.c.name).where(schema.services.c.name == service)
     ).first() is None:
         raise NotFound(f'service "{service}" not found (add it first: meshgate service add {service})')
+    if kind == "sidecar":
+        check_outbound_port(conn, name, outbound_port)  # no duplicate local listener (ports.py)
     token = new_token()
     conn.execute(
         insert(schema.proxies).values(

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from meshgate.errors import AlreadyExists, Conflict, NotFound
 from meshgate.model import PROTOCOLS, Service
 from meshgate.store import schema
+from meshgate.store.ports import check_tcp_service_port
 from meshgate.store.rows import read_row, record_row
 from meshgate.store.txn import Write
 from meshgate.store.world import service_from_row
@@ -127,6 +128,8 @@ def add_service(
     svc = validate_service(name, protocol, port, labels)
     if _row(w.conn, svc.name) is not None:
         raise AlreadyExists(f'service "{svc.name}" already exists')
+    if svc.protocol == "tcp":
+        check_tcp_service_port(w.conn, svc.name, svc.port)  # no duplicate local listener (ports.py)
     now = time.time()
     w.conn.execute(
         insert(schema.services).values(
@@ -175,6 +178,8 @@ def update_service(
     )
     if new == current:
         return current
+    if new.protocol == "tcp":
+        check_tcp_service_port(w.conn, name, new.port)  # no duplicate local listener (ports.py)
     before = read_row(w.conn, schema.services, name)
     w.conn.execute(
         update(schema.services)
