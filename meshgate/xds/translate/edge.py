@@ -59,7 +59,7 @@ from meshgate.xds.translate.common import ads_source, pack, socket_address
 from meshgate.xds.translate.edge_jwks import jwks_cluster
 from meshgate.xds.translate.generated import Generated, Options
 from meshgate.xds.translate.hcm import HCM_FILTER, router_filter
-from meshgate.xds.translate.health import safe_retry_policy
+from meshgate.xds.translate.health import APP_UNAVAILABLE_HEADER, safe_retry_policy
 from meshgate.xds.translate.index import WorldIndex
 from meshgate.xds.translate.limits import apply_request_limits, limit_listener_buffer
 from meshgate.xds.translate.names import service_cluster_name
@@ -295,6 +295,7 @@ def _route(index: WorldIndex, r: EdgeRoute, with_jwt: bool) -> rc.Route:
         match=_match(r.prefix),
         # retried on another instance only when the request never reached an app (health.py)
         route=rc.RouteAction(cluster=service_cluster_name(r.service), retry_policy=safe_retry_policy()),
+        response_headers_to_remove=[APP_UNAVAILABLE_HEADER],  # meant for this hop only
     )
     # only the policies targeting the route's service matter (index: no scan per route)
     scoped = index.target_world(r.service)

@@ -19,8 +19,13 @@ How an instance is judged, end to end:
    sent, and answers the upstream sidecar marks with `APP_UNAVAILABLE_HEADER`
    (its inbound side could not connect to its app, had no healthy app, or hit
    its circuit breaker: Envoy response flags UF, UH, UO). Never a request the
-   app may have seen, so retries are safe for POST. An instance whose app dies
-   thus costs no failed request while another instance is up.
+   app may have seen, so retries are safe for POST. An instance whose sidecar
+   stops costs no failed request while another instance is up; one whose app
+   dies costs few or none (measured: usually none; a handful when a caller's
+   load balancer had not yet counted the other instance healthy) until outlier
+   detection or the health check has ejected it. The caller's
+   route removes the header once its retry policy has read it: no app sees
+   it, so none can relay it and have a request it did see retried upstream.
 
 Why this shape: a health request through RBAC would be refused for callers
 allowed only some paths (and counted as a denial), and would reach the app;

@@ -13,7 +13,7 @@ from meshgate.model import Service
 from meshgate.xds import types
 from meshgate.xds.translate.common import seconds
 from meshgate.xds.translate.generated import Generated
-from meshgate.xds.translate.health import safe_retry_policy
+from meshgate.xds.translate.health import APP_UNAVAILABLE_HEADER, safe_retry_policy
 from meshgate.xds.translate.names import INBOUND_ROUTE, OUTBOUND_ROUTE, service_cluster_name
 
 NO_ROUTE_BODY = (
@@ -37,6 +37,8 @@ def service_virtual_host(service: Service) -> rc.VirtualHost:
         name=service.name,
         domains=[service.name, f"{service.name}:{service.port}"],
         routes=[_route_to(service_cluster_name(service.name), service.protocol == "grpc", retry=True)],
+        # read by the retry policy, then dropped: an app never sees it, so cannot relay it (health.py)
+        response_headers_to_remove=[APP_UNAVAILABLE_HEADER],
     )
 
 
