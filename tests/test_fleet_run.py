@@ -138,10 +138,10 @@ def test_sidecars_register_their_instances_and_traffic_reaches_each(mesh: Mesh) 
 
     seen: Counter[str] = Counter()
 
-    def both() -> bool:
+    def both() -> bool:  # web-1 gets the endpoints a moment after the store has them
         status, who = mesh.call_orders()
-        assert status == 200, who
-        seen[who] += 1
+        if status == 200:
+            seen[who] += 1
         return {"orders-1", "orders-2"} <= set(seen)
 
     wait_until(both, 30, "both orders instances to answer", 0.05)
