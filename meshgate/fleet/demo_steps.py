@@ -143,7 +143,8 @@ def _served_by(fleet: Fleet, n: int) -> tuple[Counter[str], list[str]]:
 def scale_up(fleet: Fleet, show: Show, pace: Pace) -> StepResult:
     t0 = time.monotonic()
     inst = fleet.start_instance("orders", "orders-2")
-    show.command(fleet.shown("proxy", "add", "orders-2", "--service", "orders"))
+    show.command(fleet.shown("proxy", "add", "orders-2", "--service", "orders",
+                             "--outbound-port", str(inst.outbound_port)))
     show.command(inst.command(fleet.server_address))
     wait_until(lambda: "orders-2" in fleet.registered(), 30, "orders-2 to register itself")
     registered = time.monotonic() - t0
