@@ -46,6 +46,7 @@ from meshgate.ca.keys import load_keybox
 from meshgate.cli import cli
 from meshgate.fleet.app import App
 from meshgate.fleet.envoy import EnvoyProcess, free_port
+from meshgate.store.ca import list_cas
 from meshgate.store.db import open_store
 from meshgate.store.instances import add_instance
 from meshgate.store.proxies import add_proxy
@@ -69,6 +70,7 @@ class Fleet:
     permissive_inbound: int
     mesh_root: str
     issuer: IdentityIssuer
+    signer: tuple[Any, Any]  # the store's active CA: (certificate, private key)
     rs: Signer
     clients: MeshCa
     gateway: EnvoyProcess
@@ -155,7 +157,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         permissive = start("orders-2", permissive_world, world.mesh.service_identity("orders"), [])
         for e in envoys:
             e.wait_live()
-        f = Fleet(work, edge_port, strict_in, permissive_in, issuer.trust_bundle_pem(), issuer, rs, clients,
+        with engine.connect() as conn:
+            (active,) = list_cas(conn, ("active",))
+        signer = (authority.load_certs(active.cert_pem)[0],
+                  authority.load_key(keybox.decrypt(active.key_encrypted)))  # type: ignore[arg-type]
+        f = Fleet(work, edge_port, strict_in, permissive_in, issuer.trust_bundle_pem(), issuer, signer, rs, clients,
                   gateway, strict, permissive)
         deadline = time.monotonic() + 15
         while f.edge("/public/x").status != 200 and time.monotonic() < deadline:
@@ -260,24 +266,22 @@ def test_a_plaintext_caller_gets_no_identity_header_through(fleet: Fleet) -> Non
 # -- expired client certificates ------------------------------------------------------
 
 
-def _expired_mesh_leaf(fleet: Fleet) -> tuple[str, str]:
-    """Signed by the store's own active CA, valid for 10 minutes that ended an hour ago."""
-    signer = fleet.issuer._current_signer()
+def _mesh_leaf(fleet: Fleet, now: float) -> tuple[str, str]:
+    """Signed by the store's own active CA (a root: no chain to add), valid 10 minutes from `now`."""
+    ca_cert, ca_key = fleet.signer
     key = authority.new_key()
-    past = time.time() - 2 * 3600
-    cert = authority.issue_leaf(signer.cert, signer.key, key.public_key(), spiffe_id=CALLER, now=past,
-                                ttl_seconds=600)
-    assert cert.not_valid_after_utc.timestamp() < time.time()
-    return authority.cert_pem(cert) + signer.chain_pem_for_leaf(), authority.key_pem(key)
+    cert = authority.issue_leaf(ca_cert, ca_key, key.public_key(), spiffe_id=CALLER, now=now, ttl_seconds=600)
+    return authority.cert_pem(cert), authority.key_pem(key)
 
 
 def test_an_expired_mesh_certificate_is_refused_by_the_sidecar(fleet: Fleet) -> None:
     request = b"GET /echo HTTP/1.1\r\nhost: orders\r\nconnection: close\r\n\r\n"
-    assert status_of(exchange(fleet.strict_inbound, request, fleet.mesh_client())) == 200  # control
+    # the control: a leaf from the same CA, same code, valid now, passes
+    assert status_of(exchange(fleet.strict_inbound, request, fleet.mesh_client(*_mesh_leaf(fleet, time.time())))) == 200
     stat = f"listener.127.0.0.1_{fleet.strict_inbound}.ssl.fail_verify_error"
     before = fleet.strict.stat(stat)
-    cert, key = _expired_mesh_leaf(fleet)
-    assert exchange(fleet.strict_inbound, request, fleet.mesh_client(cert, key)) == b""
+    expired = _mesh_leaf(fleet, time.time() - 2 * 3600)  # expired an hour and 50 minutes ago
+    assert exchange(fleet.strict_inbound, request, fleet.mesh_client(*expired)) == b""
     assert fleet.strict.stat(stat) > before  # refused in the handshake, for the certificate
 
 
