@@ -257,7 +257,7 @@ def report(res: dict[str, Any]) -> str:
         f"to all ACKed) {res['initial_sync_s']:.1f} s; Envoy private memory {res['envoy_rss_mb']:.0f} MB each (median RssAnon; the binary's pages are shared), "
         f"server RSS {res['server_rss_mb']:.0f} MB.",
         "",
-        "| change | changes | commit -> every Envoy ACKed, p50 / p99 | commit -> one Envoy ACKed, p50 / p99 "
+        "| change | changes | commit -> every Envoy ACKed, p50 / p99 | commit -> each Envoy ACKed (pooled), p50 / p99 "
         "| CLI process wall time (p50) |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
