@@ -10,7 +10,10 @@ Rules:
 - a NACK names resources in Envoy's message when it can: those versions are
   remembered and never resent; the rest of the rejected response is sent
   again without them. When nothing is named, every resource of the response
-  is treated as rejected (never a resend loop).
+  is treated as rejected (never a resend loop);
+- every new or changed EDS cluster sent gets its endpoints sent again right
+  after the CDS response, even at the same version (Envoy warms the new
+  cluster until they arrive: rewarm.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from meshgate.xds import types
 from meshgate.xds.nacks import named_in
 from meshgate.xds.peer import Peer
 from meshgate.xds.resources import Resource
+from meshgate.xds.rewarm import endpoint_names
 from meshgate.xds.snapshot import Snapshot
 
 
@@ -50,6 +54,9 @@ def _key(t: str, name: str) -> str:
 class DeltaStream:
     peer: Peer
     types: dict[str, _TypeState] = field(default_factory=dict)
+    # EDS names to send again (their clusters were just sent: Envoy re-warms them); kept
+    # until the next EDS response, which may come with the first EDS request of a stream
+    rewarm: set[str] = field(default_factory=set)
 
     def handle(self, req: discovery_pb2.DeltaDiscoveryRequest, snap: Snapshot) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         t = req.type_url
@@ -84,8 +91,10 @@ class DeltaStream:
                 st.names.discard(n)
                 if not st.wildcard:
                     st.known.pop(n, None)
-        resp = self._respond(t, st, snap, force=fresh)
-        return [resp] if resp is not None else []
+        out = [self._respond(t, st, snap, force=fresh)]
+        if t == types.CLUSTER and self.rewarm and types.ENDPOINT in self.types:
+            out.append(self._respond(types.ENDPOINT, self.types[types.ENDPOINT], snap, force=False))
+        return [r for r in out if r is not None]
 
     def push(self, snap: Snapshot) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         out = []
@@ -100,16 +109,21 @@ class DeltaStream:
     def _respond(self, t: str, st: _TypeState, snap: Snapshot, *, force: bool) -> discovery_pb2.DeltaDiscoveryResponse | None:
         items = snap.of(t)
         wanted = items.keys() if st.wildcard else (n for n in st.names if n in items)
+        again: set[str] = set()
+        if t == types.ENDPOINT:
+            again, self.rewarm = self.rewarm, set()
         send: list[Resource] = []
         for n in sorted(wanted):
             r = items[n]
-            if st.known.get(n) == r.version:
+            if st.known.get(n) == r.version and n not in again:
                 continue
             if (_key(t, n), r.version) in self.peer.nacks:
                 continue
             send.append(r)
         removed = [n for n, v in st.known.items() if v is not None and n not in items]
         removed += [n for n in sorted(st.names) if n not in items and n not in st.known]
+        if t == types.CLUSTER:
+            self.rewarm |= endpoint_names(send)
         if not send and not removed and not force:
             return None
         before = {r.name: st.known.get(r.name) for r in send}

@@ -6,7 +6,10 @@ Rules (the ones that bite are in ENVOY_NOTES.md):
   the version Envoy has) is always answered, even when nothing changed;
 - a NACKed type version is never sent again (to this proxy, on any stream);
 - CDS and LDS with no names are wildcard; EDS, RDS and SDS are by name, and
-  a name the snapshot lacks is left out of the response (SotW omission).
+  a name the snapshot lacks is left out of the response (SotW omission);
+- a CDS response carrying new or changed EDS clusters (compared with what the
+  proxy last ACKed) is followed by the EDS response again, even at the same
+  version: Envoy warms those clusters until endpoints arrive (rewarm.py).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from meshgate.xds import types
 from meshgate.xds.nacks import named_in
 from meshgate.xds.peer import Peer
 from meshgate.xds.resources import Resource
+from meshgate.xds.rewarm import endpoint_names
 from meshgate.xds.snapshot import Snapshot
 
 
@@ -30,12 +34,16 @@ class _TypeState:
     nonce: str | None = None
     sent: tuple[Resource, ...] = ()
     acked: str | None = None
+    acked_resources: dict[str, str] | None = None  # name -> version the proxy runs, when known
 
 
 @dataclass
 class SotwStream:
     peer: Peer
     types: dict[str, _TypeState] = field(default_factory=dict)
+    # EDS names whose clusters were just sent new or changed: the next EDS response goes
+    # out even at the same version (it may be the answer to the stream's first EDS request)
+    rewarm: set[str] = field(default_factory=set)
 
     def handle(self, req: discovery_pb2.DiscoveryRequest, snap: Snapshot) -> list[discovery_pb2.DiscoveryResponse]:
         t = req.type_url
@@ -53,6 +61,7 @@ class SotwStream:
                 self._nack(t, st, req)
             else:
                 st.acked = req.version_info
+                st.acked_resources = {r.name: r.version for r in st.sent}
                 self.peer.acked(t, req.version_info, st.sent)
         elif req.version_info:
             st.acked = req.version_info  # a reconnect: Envoy already has this version
@@ -66,8 +75,11 @@ class SotwStream:
         if t == types.SECRET and changed:
             self.peer.refused_secrets(n for n in names if n not in snap.of(t))
         st.wildcard, st.names = wildcard, frozenset(names)
-        resp = self._respond(t, st, snap, force=not req.response_nonce or changed)
-        return [resp] if resp is not None else []
+        out = [self._respond(t, st, snap, force=not req.response_nonce or changed)]
+        eds = self.types.get(types.ENDPOINT)
+        if t == types.CLUSTER and self.rewarm and eds is not None and eds.nonce is not None:
+            out.append(self._respond(types.ENDPOINT, eds, snap, force=False))
+        return [r for r in out if r is not None]
 
     def push(self, snap: Snapshot) -> list[discovery_pb2.DiscoveryResponse]:
         """What a new snapshot means for this stream, in push order."""
@@ -84,6 +96,9 @@ class SotwStream:
         items = snap.of(t)
         names = sorted(items) if st.wildcard else sorted(n for n in st.names if n in items)
         version = snap.type_version(t, None if st.wildcard else names)
+        if t == types.ENDPOINT and self.rewarm:
+            force = force or not self.rewarm.isdisjoint(names)
+            self.rewarm = set()
         if (t, version) in self.peer.nacks:
             if version != st.version or force:
                 self.peer.skipped_nacked(t, version)
@@ -92,12 +107,22 @@ class SotwStream:
             return None
         nonce = self.peer.next_nonce()
         sent = tuple(items[n] for n in names)
+        if t == types.CLUSTER:
+            self.rewarm |= endpoint_names(self._changed(st, version, sent))
         resp = discovery_pb2.DiscoveryResponse(
             version_info=version, type_url=t, nonce=nonce, resources=[r.any for r in sent]
         )
         st.version, st.nonce, st.sent = version, nonce, sent
         self.peer.sent(t, version, nonce, len(sent))
         return resp
+
+    @staticmethod
+    def _changed(st: _TypeState, version: str, sent: tuple[Resource, ...]) -> tuple[Resource, ...]:
+        """What in `sent` the proxy does not run yet: compared with its last ACKed
+        resources; on a new stream only its version is known (all or nothing)."""
+        if st.acked_resources is not None:
+            return tuple(r for r in sent if st.acked_resources.get(r.name) != r.version)
+        return () if version == st.acked else sent
 
     def _nack(self, t: str, st: _TypeState, req: discovery_pb2.DiscoveryRequest) -> None:
         assert st.version is not None
