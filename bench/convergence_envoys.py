@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -183,11 +184,11 @@ def run(envoys: int, changes: int, timeout: float = 120.0) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="meshgate-convergence-"))
     db = work / "mesh.db"
     ports = Ports()
-    proxies = make_mesh(db, envoys, ports)
     procs: list[EnvoyProcess] = []
     serve = ServeProcess(db, work)
     results: list[dict[str, Any]] = []
     try:
+        proxies = make_mesh(db, envoys, ports)
         serve.start()
         t0 = time.time()
         for name, (token, _) in proxies.items():
@@ -232,6 +233,7 @@ def run(envoys: int, changes: int, timeout: float = 120.0) -> dict[str, Any]:
         for p in procs:
             p.stop()
         serve.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return {"machine": m, "envoys": len(proxies), "changes": results, "initial_sync_s": initial_s,
             "envoy_rss_mb": rss_envoy, "server_rss_mb": rss_server, **summarize(results)}
 
