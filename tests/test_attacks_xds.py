@@ -18,39 +18,29 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from meshgate.ca import authority
-from meshgate.fleet.app import App
 from meshgate.fleet.envoy import EnvoyProcess, free_port
 from meshgate.store.db import open_store
-from tests.reliability_kit import Serve, cli, cli_json, get, in_sync, status_rows, wait_for
-from tests.xds_support import instance
+from tests.mesh_kit import Fleet, cli, get, in_sync, status_rows, wait_for
 
 pytestmark = pytest.mark.envoy
 TD = "example.org"
 
 
-@dataclass
-class Plane:
-    db: Path
-    work: Path
-    server: Serve
+class Plane(Fleet):
     tokens: dict[str, str]
     boots: dict[str, dict[str, Any]]
-    envoys: dict[str, EnvoyProcess]
     web_outbound: int
-    attackers: list[EnvoyProcess] = field(default_factory=list)
 
     def attacker(self, name: str, bootstrap: dict[str, Any]) -> EnvoyProcess:
         boot = copy.deepcopy(bootstrap)
         boot["admin"]["address"]["socket_address"]["port_value"] = free_port()
-        e = EnvoyProcess(boot, self.work, name).start()
-        self.attackers.append(e)
+        e = self.envoy(name, boot)
         # not /ready: an Envoy the control plane refuses never finishes initializing
         wait_for(f"{name}'s admin", lambda: e.admin("/server_info") != "", 15)
         return e
@@ -67,49 +57,26 @@ def _metadata(boot: dict[str, Any]) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
     work = tmp_path_factory.mktemp("attacks-xds")
-    db = work / "mesh.db"
-    cli(db, "init", "--trust-domain", TD)
-    cli(db, "service", "add", "web", "--port", "80")
-    cli(db, "service", "add", "orders", "--port", "8080")
-    cli(db, "policy", "allow", "--from", "web", "--to", "orders")
-    outbound = {n: free_port() for n in ("web-1", "orders-1", "mallory-1")}
-    tokens = {
-        "web-1": cli_json(db, "proxy", "add", "web-1", "--service", "web", "--outbound-port",
-                          str(outbound["web-1"]))["token"],
-        "orders-1": cli_json(db, "proxy", "add", "orders-1", "--service", "orders", "--outbound-port",
-                             str(outbound["orders-1"]))["token"],
-        # a compromised web workload: a genuine web sidecar, with no instance
-        "mallory-1": cli_json(db, "proxy", "add", "mallory-1", "--service", "web", "--outbound-port",
-                              str(outbound["mallory-1"]))["token"],
-    }
-    app = App("orders").start()
-    engine = open_store(str(db))
-    instance(engine, "orders", free_port(), app.port, proxy="orders-1")
-    engine.dispose()
-    server = Serve(db, work).start()
-    envoys: dict[str, EnvoyProcess] = {}
-    p: Plane | None = None
-    try:
-        server.wait_ready()
-        boots = {}
-        for name in tokens:
-            out = work / f"{name}.json"
-            cli(db, "proxy", "bootstrap", name, "--token", tokens[name], "--server", f"127.0.0.1:{server.port}",
-                "--admin-port", str(free_port()), "--out", str(out))
-            boots[name] = json.loads(out.read_text())
-        for name in ("web-1", "orders-1"):
-            envoys[name] = EnvoyProcess(boots[name], work, name).start()
-        for e in envoys.values():
-            e.wait_live()
-        p = Plane(db, work, server, tokens, boots, envoys, outbound["web-1"])
-        wait_for("web-1 and orders-1 in sync", lambda: in_sync(db, {"web-1", "orders-1"}), 30)
-        wait_for("web -> orders", lambda: get(p.web_outbound, "orders")[0] == 200)  # type: ignore[union-attr]
+    with Plane(work / "mesh.db", work) as p:
+        p.cli("init", "--trust-domain", TD)
+        p.cli("service", "add", "web", "--port", "80")
+        p.cli("service", "add", "orders", "--port", "8080")
+        p.cli("policy", "allow", "--from", "web", "--to", "orders")
+        outbound = {n: free_port() for n in ("web-1", "orders-1", "mallory-1")}
+        p.web_outbound = outbound["web-1"]
+        p.tokens = {
+            "web-1": p.sidecar("web-1", "web", outbound["web-1"]),
+            "orders-1": p.sidecar("orders-1", "orders", outbound["orders-1"]),
+            # a compromised web workload: a genuine web sidecar, with no instance
+            "mallory-1": p.sidecar("mallory-1", "web", outbound["mallory-1"]),
+        }
+        p.instance("orders", free_port(), p.app("orders").port, proxy="orders-1")
+        p.serve("--log-level", "debug")
+        p.boots = {name: p.bootstrap(name, token) for name, token in p.tokens.items()}
+        p.start_envoys({name: p.boots[name] for name in ("web-1", "orders-1")})
+        wait_for("web-1 and orders-1 in sync", lambda: in_sync(p.db, {"web-1", "orders-1"}), 30)
+        wait_for("web -> orders", lambda: get(p.web_outbound, "orders")[0] == 200)
         yield p
-    finally:
-        for e in [*envoys.values(), *(p.attackers if p else [])]:
-            e.stop()
-        server.stop()
-        app.stop()
 
 
 def _dynamic(envoy: EnvoyProcess) -> dict[str, int]:

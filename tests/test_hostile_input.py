@@ -25,7 +25,7 @@ from meshgate.cli import cli
 from tests.conftest import dump_database
 from tests.corpus import generate
 from tests.edge_kit import MeshCa
-from tests.reliability_kit import MESHGATE
+from tests.mesh_kit import MESHGATE
 
 CORPUS = Path(__file__).parent / "corpus"
 FILES = CORPUS / "files"

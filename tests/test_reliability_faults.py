@@ -24,18 +24,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from meshgate.fleet.app import App
-from meshgate.fleet.envoy import EnvoyProcess, free_port
-from meshgate.store.db import BUSY_TIMEOUT_MS, open_store
+from meshgate.fleet.envoy import free_port
+from meshgate.store.db import BUSY_TIMEOUT_MS
 from tests.edge_kit import https
-from tests.reliability_kit import (
+from tests.mesh_kit import (
     MESHGATE,
-    Serve,
+    Fleet,
     Traffic,
     cli,
     cli_json,
@@ -45,7 +42,6 @@ from tests.reliability_kit import (
     status_rows,
     wait_for,
 )
-from tests.xds_support import instance
 
 pytestmark = pytest.mark.envoy
 PROXIES = {"web-1", "orders-1", "public"}
@@ -59,12 +55,9 @@ CONFIG_COUNTERS = (
 )
 
 
-@dataclass
-class Fleet:
-    db: Path
-    work: Path
-    server: Serve
-    envoys: dict[str, EnvoyProcess]
+class Faults(Fleet):
+    """web-1, orders-1 and the gateway `public` on one server, in file order."""
+
     web_outbound: int
     gateway_port: int
     root_pem: str
@@ -96,57 +89,39 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Faults]:
     work = tmp_path_factory.mktemp("faults")
-    db = work / "mesh.db"
-    gw_port = free_port()
-    cli(db, "init", "--trust-domain", "example.org")  # strict mTLS, default deny
-    cli(db, "service", "add", "web", "--port", "80")
-    cli(db, "service", "add", "orders", "--port", "8080")
-    ports = {n: free_port() for n in ("web_out", "orders_out", "orders_in", "web_in")}
-    tokens = {
-        "web-1": cli_json(db, "proxy", "add", "web-1", "--service", "web", "--outbound-port",
-                          str(ports["web_out"]))["token"],
-        "orders-1": cli_json(db, "proxy", "add", "orders-1", "--service", "orders", "--outbound-port",
-                             str(ports["orders_out"]))["token"],
-        "public": cli_json(db, "proxy", "add", "public", "--edge", "--listen",
-                           f"127.0.0.1:{gw_port}")["token"],
-    }
-    cli(db, "edge", "cert", "issue", "--gateway", "public", "--host", "api.example.com",
-        "--ca-out", str(work / "root.pem"))
-    cli(db, "edge", "route", "add", "public", "--host", "api.example.com", "--prefix", "/orders",
-        "--to", "orders", "--auth", "none", "--rate", "100000/s")
-    cli(db, "policy", "allow", "--from", "web,edge:public", "--to", "orders", "--method", "GET")
-    apps = [App("orders").start(), App("web").start()]
-    engine = open_store(str(db))
-    instance(engine, "orders", ports["orders_in"], apps[0].port, proxy="orders-1")
-    instance(engine, "web", ports["web_in"], apps[1].port, proxy="web-1")
-    engine.dispose()
-    server = Serve(db, work).start()
-    envoys: dict[str, EnvoyProcess] = {}
-    try:
-        server.wait_ready()
-        for name, mode in (("web-1", ()), ("orders-1", ("--sotw",)), ("public", ())):
-            out, admin = work / f"{name}.json", free_port()
-            cli(db, "proxy", "bootstrap", name, "--token", tokens[name], "--server",
-                f"127.0.0.1:{server.port}", "--admin-port", str(admin), "--out", str(out), *mode)
-            envoys[name] = EnvoyProcess(out, work, name, admin_port=admin).start()
-        for e in envoys.values():
-            e.wait_live()
-        f = Fleet(db, work, server, envoys, ports["web_out"], gw_port, (work / "root.pem").read_text())
+    with Faults(work / "mesh.db", work) as f:
+        f.gateway_port = gw_port = free_port()
+        f.cli("init", "--trust-domain", "example.org")  # strict mTLS, default deny
+        f.cli("service", "add", "web", "--port", "80")
+        f.cli("service", "add", "orders", "--port", "8080")
+        ports = {n: free_port() for n in ("web_out", "orders_out", "orders_in", "web_in")}
+        f.web_outbound = ports["web_out"]
+        tokens = {
+            "web-1": f.sidecar("web-1", "web", ports["web_out"]),
+            "orders-1": f.sidecar("orders-1", "orders", ports["orders_out"]),
+            "public": f.cli_json("proxy", "add", "public", "--edge", "--listen",
+                                 f"127.0.0.1:{gw_port}")["token"],
+        }
+        f.cli("edge", "cert", "issue", "--gateway", "public", "--host", "api.example.com",
+              "--ca-out", str(work / "root.pem"))
+        f.root_pem = (work / "root.pem").read_text()
+        f.cli("edge", "route", "add", "public", "--host", "api.example.com", "--prefix", "/orders",
+              "--to", "orders", "--auth", "none", "--rate", "100000/s")
+        f.cli("policy", "allow", "--from", "web,edge:public", "--to", "orders", "--method", "GET")
+        f.instance("orders", ports["orders_in"], f.app("orders").port, proxy="orders-1")
+        f.instance("web", ports["web_in"], f.app("web").port, proxy="web-1")
+        f.serve("--log-level", "debug")
+        f.start_envoys({name: f.bootstrap(name, tokens[name], *mode)
+                        for name, mode in (("web-1", ()), ("orders-1", ("--sotw",)), ("public", ()))})
         f.wait_in_sync()
         wait_for("web -> orders", lambda: get(f.web_outbound, "orders")[0] == 200)
         wait_for("edge -> orders", lambda: https(gw_port, "/orders/x", ca_pem=f.root_pem).status == 200)
         yield f
-    finally:
-        for e in envoys.values():
-            e.stop()
-        server.stop()
-        for app in apps:
-            app.stop()
 
 
-def test_server_kill_and_restart_loses_no_request_and_changes_no_config(fleet: Fleet) -> None:
+def test_server_kill_and_restart_loses_no_request_and_changes_no_config(fleet: Faults) -> None:
     before = fleet.counters()
     acked = fleet.acked()
     serials = {n: identity_serials(e) for n, e in fleet.envoys.items()}
@@ -175,7 +150,7 @@ def test_server_kill_and_restart_loses_no_request_and_changes_no_config(fleet: F
         assert now and now != serials[name], name
 
 
-def test_an_envoy_killed_and_restarted_rejoins_with_its_config(fleet: Fleet) -> None:
+def test_an_envoy_killed_and_restarted_rejoins_with_its_config(fleet: Faults) -> None:
     web = fleet.envoys["web-1"]
     acked = {k: v for k, v in fleet.acked().items() if k[0] == "web-1"}
     web.kill()
@@ -204,7 +179,7 @@ conn.execute("ROLLBACK")
 """
 
 
-def test_a_locked_database_makes_the_cli_wait_then_fail_while_the_server_serves(fleet: Fleet) -> None:
+def test_a_locked_database_makes_the_cli_wait_then_fail_while_the_server_serves(fleet: Faults) -> None:
     revisions = cli_json(fleet.db, "history")
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(fleet.db)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -38,7 +38,7 @@ from meshgate.store import schema
 from meshgate.store.db import open_store
 from meshgate.store.rows import read_row, row_key
 from tests.conftest import dump_database
-from tests.reliability_kit import MESHGATE
+from tests.mesh_kit import MESHGATE
 
 SMALL_FS_KB = 3072
 
