@@ -11,22 +11,16 @@ request is counted; rotation tests assert that none failed.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 import pytest
-from click.testing import CliRunner
 from cryptography import x509
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
@@ -36,38 +30,23 @@ from sqlalchemy import update
 from meshgate.ca import authority
 from meshgate.ca.identity import IdentityIssuer
 from meshgate.ca.keys import load_keybox
-from meshgate.cli import cli
-from meshgate.fleet.app import App
-from meshgate.fleet.envoy import EnvoyProcess, free_port
+from meshgate.fleet.envoy import free_port
 from meshgate.store import schema
 from meshgate.store.db import open_store
 from meshgate.store.txn import write
 from meshgate.xds import types
-from tests.mtls_support import Traffic, http_get, leaf_serials, raw_http, tls_get, wait_for
-from tests.xds_support import instance
+from tests.mesh_kit import Fleet, Traffic, get, leaf_serials, raw_http, tls_get, wait_for
 
 pytestmark = pytest.mark.envoy
 TD = "example.org"
 A_ID, B_ID, C_ID = (f"spiffe://{TD}/svc/{s}" for s in "abc")
 
 
-@dataclass
-class Mesh:
-    db: Path
-    work: Path
-    xds_port: int
+class Mesh(Fleet):
     tokens: dict[str, str]
-    envoys: dict[str, EnvoyProcess]
     a_outbound: int
     b_inbound: int
     c_port: int  # c's service port = A's local TCP listener for c
-    server_log: Path
-    apps: list[App] = field(default_factory=list)
-
-    def cli(self, *args: str) -> str:
-        r = CliRunner().invoke(cli, ["--db", str(self.db), *args], catch_exceptions=False)
-        assert r.exit_code == 0, r.output
-        return r.output
 
     def issuer(self) -> IdentityIssuer:
         """The mesh CA as a test may use it (it holds the store key, like the server)."""
@@ -77,83 +56,48 @@ class Mesh:
     def bundle(self) -> str:
         return self.issuer().trust_bundle_pem()
 
+    @contextmanager
+    def traffic(self) -> Iterator[tuple[Traffic, Traffic]]:
+        """HTTP through A's outbound listener to b, and TCP through A's listener for c,
+        each in its own thread, one request after another, every request counted."""
+        def tcp() -> str | None:
+            got = raw_http(self.c_port)
+            return None if got.startswith("HTTP/1.1 200") else f"tcp {got[:200]}"
 
-def _serve(db: Path, xds_port: int, admin_port: int, log: Path) -> subprocess.Popen[bytes]:
-    out = open(log, "wb")  # noqa: SIM115 - owned by the child
-    try:
-        return subprocess.Popen(
-            [str(Path(sys.executable).parent / "meshgate"), "serve", "--listen", f"127.0.0.1:{xds_port}",
-             "--admin", f"127.0.0.1:{admin_port}", "--log-level", "debug"],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "MESHGATE_DB": str(db)},
-        )
-    finally:
-        out.close()
+        with Traffic.http(self.a_outbound, "b", '"service": "b"') as http, Traffic(tcp, "traffic-c") as raw:
+            yield http, raw
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     work = tmp_path_factory.mktemp("mtls")
-    db = work / "mesh.db"
-    runner = CliRunner()
-
-    def run(*args: str) -> str:
-        r = runner.invoke(cli, ["--db", str(db), *args], catch_exceptions=False)
-        assert r.exit_code == 0, r.output
-        return r.output
-
-    c_port = free_port()
-    run("init", "--trust-domain", TD)  # strict mTLS, default deny
-    run("service", "add", "a", "--port", "80")
-    run("service", "add", "b", "--port", "8080")
-    run("service", "add", "c", "--protocol", "tcp", "--port", str(c_port))
-    # only A calls c, so only A listens on c's port (all Envoys share 127.0.0.1 here)
-    run("policy", "allow", "--from", "a", "--to", "b")
-    run("policy", "allow", "--from", "a", "--to", "c")
-    ports = {n: free_port() for n in ("a_out", "b_in", "b_out", "c_in", "c_out")}
-    tokens: dict[str, str] = {}
-    for name, svc, out in (("a-1", "a", "a_out"), ("b-1", "b", "b_out"), ("c-1", "c", "c_out")):
-        tokens[name] = json.loads(run("proxy", "add", name, "--service", svc, "--outbound-port",
-                                      str(ports[out]), "-o", "json"))["token"]
-    apps = [App("b").start(), App("c").start()]
-    engine = open_store(str(db))
-    instance(engine, "b", ports["b_in"], apps[0].port, proxy="b-1")
-    instance(engine, "c", ports["c_in"], apps[1].port, proxy="c-1")
-    engine.dispose()
-    xds_port, admin_port = free_port(), free_port()
-    log = work / "serve.log"
-    server = _serve(db, xds_port, admin_port, log)
-    envoys: dict[str, EnvoyProcess] = {}
-    try:
-        wait_for("meshgate serve", lambda: urllib.request.urlopen(  # noqa: S310
-            f"http://127.0.0.1:{admin_port}/healthz", timeout=1).status == 200, 20)
-        for name in tokens:
-            out = work / f"{name}.json"
-            run("proxy", "bootstrap", name, "--token", tokens[name], "--server", f"127.0.0.1:{xds_port}",
-                "--admin-port", str(free_port()), "--out", str(out))
-            envoys[name] = EnvoyProcess(json.loads(out.read_text()), work, name).start()
-        for e in envoys.values():
-            e.wait_live()
-        m = Mesh(db, work, xds_port, tokens, envoys, ports["a_out"], ports["b_in"], c_port, log, apps)
-        wait_for("a -> b", lambda: http_get(m.a_outbound, "b")[0] == 200, 20)
+    with Mesh(work / "mesh.db", work) as m:
+        m.c_port = free_port()
+        m.cli("init", "--trust-domain", TD)  # strict mTLS, default deny
+        m.cli("service", "add", "a", "--port", "80")
+        m.cli("service", "add", "b", "--port", "8080")
+        m.cli("service", "add", "c", "--protocol", "tcp", "--port", str(m.c_port))
+        # only A calls c, so only A listens on c's port (all Envoys share 127.0.0.1 here)
+        m.cli("policy", "allow", "--from", "a", "--to", "b")
+        m.cli("policy", "allow", "--from", "a", "--to", "c")
+        ports = {n: free_port() for n in ("a_out", "b_in", "b_out", "c_in", "c_out")}
+        m.a_outbound, m.b_inbound = ports["a_out"], ports["b_in"]
+        m.tokens = {name: m.sidecar(name, svc, ports[out])
+                    for name, svc, out in (("a-1", "a", "a_out"), ("b-1", "b", "b_out"), ("c-1", "c", "c_out"))}
+        m.instance("b", ports["b_in"], m.app("b").port, proxy="b-1")
+        m.instance("c", ports["c_in"], m.app("c").port, proxy="c-1")
+        m.serve("--log-level", "debug")
+        m.start_envoys({name: m.bootstrap(name, token) for name, token in m.tokens.items()})
+        wait_for("a -> b", lambda: get(m.a_outbound, "b")[0] == 200, 20)
         wait_for("a -> c", lambda: raw_http(m.c_port).startswith("HTTP/1.1 200"), 20)
         yield m
-    finally:
-        for e in envoys.values():
-            e.stop()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
-        for app in apps:
-            app.stop()
 
 
 def test_a_calls_b_and_c_over_mutual_tls(mesh: Mesh) -> None:
-    status, body = http_get(mesh.a_outbound, "b")
-    assert status == 200, body
-    assert isinstance(body, dict) and body["service"] == "b"
+    status, text = get(mesh.a_outbound, "b")
+    assert status == 200, text
+    body = json.loads(text)
+    assert body["service"] == "b"
     assert f"URI={A_ID}" in body["headers"]["x-forwarded-client-cert"]  # B verified A
     assert raw_http(mesh.c_port).startswith("HTTP/1.1 200")
     a = mesh.envoys["a-1"]
@@ -170,11 +114,11 @@ def test_plaintext_refused_in_strict_and_accepted_in_permissive(mesh: Mesh) -> N
     mesh.cli("mesh", "set", "--mtls-mode", "permissive", "--default-action", "allow")
     try:
         wait_for("plaintext accepted", lambda: raw_http(mesh.b_inbound).startswith("HTTP/1.1 200"), 15)
-        assert http_get(mesh.a_outbound, "b")[0] == 200  # mTLS still works beside it
+        assert get(mesh.a_outbound, "b")[0] == 200  # mTLS still works beside it
     finally:
         mesh.cli("mesh", "set", "--mtls-mode", "strict", "--default-action", "deny")
     wait_for("plaintext refused again", lambda: raw_http(mesh.b_inbound).startswith("refused"), 15)
-    assert http_get(mesh.a_outbound, "b")[0] == 200
+    assert get(mesh.a_outbound, "b")[0] == 200
 
 
 def test_client_certificate_from_another_ca_is_refused(mesh: Mesh, tmp_path: Path) -> None:
@@ -225,10 +169,10 @@ def test_caller_refuses_an_upstream_with_the_wrong_spiffe_id(mesh: Mesh, tmp_pat
                    "--app-port", "9")
     try:
         a = mesh.envoys["a-1"]
-        wait_for("route to d", lambda: http_get(mesh.a_outbound, "d")[0] != 404, 15)
+        wait_for("route to d", lambda: get(mesh.a_outbound, "d")[0] != 404, 15)
         wait_for("d's endpoint", lambda: a.stat("cluster.svc/d.membership_total") >= 1, 15)
         before = a.stat("cluster.svc/d.ssl.fail_verify_san")
-        status, body = http_get(mesh.a_outbound, "d")
+        status, body = get(mesh.a_outbound, "d")
         assert status == 503, body
         assert a.stat("cluster.svc/d.ssl.fail_verify_san") > before, body
     finally:
@@ -243,7 +187,7 @@ def test_caller_refuses_an_upstream_with_the_wrong_spiffe_id(mesh: Mesh, tmp_pat
 def test_a_proxy_asking_for_another_identity_gets_nothing(mesh: Mesh) -> None:
     creds = grpc.ssl_channel_credentials(root_certificates=mesh.bundle().encode())
     names = ["identity", "trust-bundle", B_ID, "b-1", "identity/b-1", "svc/b"]
-    with grpc.secure_channel(f"127.0.0.1:{mesh.xds_port}", creds) as channel:
+    with grpc.secure_channel(f"127.0.0.1:{mesh.server.port}", creds) as channel:
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
         req = discovery_pb2.DeltaDiscoveryRequest(node=base_pb2.Node(id="a-1"), type_url=types.SECRET,
                                                   resource_names_subscribe=names)
@@ -258,8 +202,8 @@ def test_a_proxy_asking_for_another_identity_gets_nothing(mesh: Mesh) -> None:
     leaf = authority.load_certs(secret.tls_certificate.certificate_chain.inline_string)[0]
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [A_ID]
-    wait_for("the refusal logged", lambda: "secret-refused" in mesh.server_log.read_text(), 5)
-    line = next(x for x in mesh.server_log.read_text().splitlines() if "secret-refused" in x)
+    wait_for("the refusal logged", lambda: "secret-refused" in mesh.server.log_path.read_text(), 5)
+    line = next(x for x in mesh.server.log_path.read_text().splitlines() if "secret-refused" in x)
     assert "a-1" in line and "b-1" in line
 
 
@@ -280,31 +224,34 @@ def test_leaf_rotation_with_a_short_ttl_loses_no_request(mesh: Mesh) -> None:
     handshakes = a.stat("cluster.svc/c.ssl.handshake")
     _set_ttl(mesh.db, 6)  # renewed every 3 s
     try:
-        with Traffic(mesh.a_outbound, mesh.c_port) as traffic:
+        with mesh.traffic() as (http, tcp):
             def renewed() -> bool:
                 for name, e in (("a-1", a), ("c-1", c)):
                     seen[name] |= leaf_serials(e)
                 return all(len(s) >= 4 for s in seen.values())
             wait_for("three renewals of A's and C's identities", renewed, 40)
-            traffic.more(10)
+            http.more(10)
+            tcp.more(10)
     finally:
         mesh.cli("mesh", "set", "--cert-ttl", "1h")
-    assert traffic.failures == [], traffic.failures[:5]
-    assert traffic.http_ok > 20 and traffic.tcp_ok > 20
+    assert http.failed == [] and tcp.failed == [], (http.failed + tcp.failed)[:5]
+    assert http.ok > 20 and tcp.ok > 20
     # every TCP request was a new handshake, spread over the renewals
-    assert a.stat("cluster.svc/c.ssl.handshake") - handshakes >= traffic.tcp_ok
+    assert a.stat("cluster.svc/c.ssl.handshake") - handshakes >= tcp.ok
 
 
 def test_root_rotation_under_traffic_loses_no_request(mesh: Mesh) -> None:
     a = mesh.envoys["a-1"]
     old_root = mesh.issuer().bundle_fingerprints()
-    with Traffic(mesh.a_outbound, mesh.c_port) as traffic:
-        traffic.more(10)
+    with mesh.traffic() as (http, tcp):
+        http.more(10)
+        tcp.more(10)
         mesh.cli("ca", "rotate")
         out = mesh.cli("ca", "rotate", "--status", "--wait", "--timeout", "60")
         assert "phase: idle" in out
-        traffic.more(10)
-    assert traffic.failures == [], traffic.failures[:5]
+        http.more(10)
+        tcp.more(10)
+    assert http.failed == [] and tcp.failed == [], (http.failed + tcp.failed)[:5]
     new_root = mesh.issuer().bundle_fingerprints()
     assert len(new_root) == 1 and new_root != old_root
     # every proxy's mesh TLS contexts (those with an identity; the bootstrap's
@@ -330,5 +277,5 @@ def test_a_proxy_restarted_from_a_bootstrap_older_than_the_rotation_reconnects(m
     a.start()
     a.wait_live()
     wait_for("A reconnected", lambda: a.stat("control_plane.connected_state") == 1, 20)
-    wait_for("a -> b again", lambda: http_get(mesh.a_outbound, "b")[0] == 200, 20)
+    wait_for("a -> b again", lambda: get(mesh.a_outbound, "b")[0] == 200, 20)
     assert raw_http(mesh.c_port).startswith("HTTP/1.1 200")
