@@ -1,8 +1,9 @@
 """Config as code against a real `meshgate serve` (subprocess, TLS) and two real Envoys:
 - a plan's predicted per-proxy resource versions are exactly what the server then pushes;
-- `apply --validate` refuses a config Envoy rejects (an instance with a host name passes
-  meshgate's validation, Envoy's EDS refuses it); applied anyway, the NACK in
-  `proxy status` names the Instance it came from, and a rollback resolves it;
+- `apply --validate` refuses a config Envoy rejects (web-1's instance on 127.0.0.1 at
+  web-1's own outbound port passes meshgate's validation, Envoy refuses two listeners
+  on one address); applied anyway, the NACK in `proxy status` names the Instance it
+  came from, and a rollback resolves it;
 - a rollback restores a removed allow rule and real requests pass again.
 """
 
@@ -250,39 +251,41 @@ def test_plan_predicts_exactly_what_the_server_pushes(mesh: Mesh) -> None:
 
 def test_validate_refuses_what_envoy_rejects_and_a_nack_names_its_instance(mesh: Mesh) -> None:
     _back_to_base(mesh)
-    bad = mesh.base + textwrap.dedent("""\
+    port = mesh.web_outbound  # web-1's own outbound listener is on 127.0.0.1:port
+    bad = mesh.base + textwrap.dedent(f"""\
         ---
         kind: Instance
-        service: orders
-        address: orders-2.internal
-        inbound_port: 15006
-        app_port: 8080
+        service: web
+        address: 127.0.0.1
+        inbound_port: {port}
+        app_port: 9
+        proxy: web-1
         """)
     path = mesh.file("bad.yaml", bad)
     good_rev = mesh.revision()
     r = mesh.cli("apply", "-f", path, "--validate", ok=False)
     assert r.exit_code == 1, r.output
     assert "Envoy rejected the configuration of 1 proxy; nothing was changed" in r.output
-    assert "proxy web-1: malformed IP address: orders-2.internal" in r.output
+    assert f"proxy web-1: error adding listener: 'outbound' has duplicate address '127.0.0.1:{port}'" in r.output
     assert mesh.revision() == good_rev
     assert mesh.cli("validate").output.startswith("Envoy accepts the config of 2 proxies")
     v = mesh.cli("validate", "-f", path, ok=False)
-    assert v.exit_code == 1 and "proxy web-1: malformed IP address" in v.output
+    assert v.exit_code == 1 and "proxy web-1: error adding listener" in v.output
 
-    # applied without --validate: the server pushes it and Envoy NACKs the EDS update
+    # applied without --validate: the server pushes it and web-1 NACKs the listener update
     mesh.cli("apply", "-f", path)
-    row = wait_for("the NACK", lambda: (lambda r: r if r.get("nack_open") else None)(mesh.status("web-1")["eds"]))
-    assert row["nack_detail"].startswith("malformed IP address: orders-2.internal")
-    assert row["nack_resources"] == ["svc/orders"]
-    assert {"service:orders", "instance:orders-2.internal:15006"} <= set(row["nack_sources"])
+    row = wait_for("the NACK", lambda: (lambda r: r if r.get("nack_open") else None)(mesh.status("web-1")["lds"]))
+    assert f"'inbound' has duplicate address '127.0.0.1:{port}'" in row["nack_detail"], row
+    assert row["nack_resources"] == ["inbound"]
+    assert {"service:web", f"instance:127.0.0.1:{port}"} <= set(row["nack_sources"])
     table = mesh.cli("proxy", "status", "web-1").output
-    assert "NACKED" in table and "instance:orders-2.internal:15006" in table, table
-    assert get(mesh.web_outbound, "orders")[0] == 200  # the last good endpoints keep serving
+    assert "NACKED" in table and f"instance:127.0.0.1:{port}" in table, table
+    assert get(mesh.web_outbound, "orders")[0] == 200  # the listeners Envoy accepted keep serving
 
     # rolling back removes the bad instance: a new version is ACKed, the NACK is resolved
     r = mesh.cli("rollback", str(good_rev), "--yes")
     assert "- instances" in r.output
-    wait_for("resolved", lambda: not mesh.status("web-1")["eds"]["nack_open"])
+    wait_for("resolved", lambda: not mesh.status("web-1")["lds"]["nack_open"])
     assert "(resolved)" in mesh.cli("proxy", "status", "web-1").output
 
 

@@ -5,6 +5,8 @@ every protocol, instances (IPv4 and IPv6), sidecars, policies (allow/deny,
 enforce/audit, methods, exact/prefix/glob paths, headers, gRPC methods, edge
 sources with claims), an edge gateway with certificates, JWT providers (inline
 JWKS or remote URI), routes of every auth mode with rate limits and claims.
+Instances are addressed by IPv4, IPv6 or a host name (a service with a host name
+instance gets a DNS cluster with inline endpoints: Envoy's EDS takes IPs only).
 The documents go through `meshgate apply`'s own code (the same validation as
 the CLI: what it accepts is by definition a valid model), edge certificates
 through `edge cert issue`'s, and every proxy's translation (with the options
@@ -15,11 +17,10 @@ static secrets: Envoy 1.40's validate mode crashes on those).
 Service ports and sidecars' outbound ports come from a small pool, so tcp
 services colliding with each other or with an outbound listener are drawn;
 the store refuses those (meshgate/store/ports.py) and the example is dropped.
-Two limits remain, and the generator stays clear of them: instances use IP
-addresses (a host name passes meshgate's validation but Envoy's EDS refuses
-it: caught by `apply --validate`, tests/test_config_envoy.py), and instance
-ports are distinct from the local ports above (an instance on 127.0.0.1 whose
-inbound port is its own sidecar's outbound port is a duplicate listener).
+One limit remains, and the generator stays clear of it: instance ports are
+distinct from the local ports above (an instance on 127.0.0.1 whose inbound
+port is its own sidecar's outbound port is a duplicate listener: caught by
+`apply --validate`, tests/test_config_envoy.py).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from tests.xds_support import new_mesh
 pytestmark = pytest.mark.envoy
 
 SERVICE_NAMES = ("web", "orders", "pay", "ledger")
-ADDRESSES = ("127.0.0.1", "10.0.0.7", "192.168.1.20", "::1", "fd00::17")
+ADDRESSES = ("127.0.0.1", "10.0.0.7", "192.168.1.20", "::1", "fd00::17", "orders-2.internal")
 HOSTS = ("api.example.com", "www.example.com", "*.example.com", "a.b.example.com")
 # every character a rule path may hold (RFC 3986 pchar): the RBAC regexes must escape them right
 SEGMENT = st.text(alphabet="abzAZ09-._~!$&'()+,;=:@", min_size=1, max_size=8).filter(lambda s: s not in (".", ".."))

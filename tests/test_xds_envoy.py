@@ -24,7 +24,7 @@ from meshgate.cli import cli
 from meshgate.fleet.app import App
 from meshgate.fleet.envoy import EnvoyProcess, free_port
 from meshgate.store.db import open_store
-from tests.xds_support import instance, set_instance_address
+from tests.xds_support import change_instance, instance
 
 pytestmark = pytest.mark.envoy
 
@@ -38,6 +38,7 @@ class Mesh:
     orders: EnvoyProcess
     web_outbound: int
     orders_inbound: int
+    orders_outbound: int
     app: App
     orders_instance: int
 
@@ -143,7 +144,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             envoys.append(EnvoyProcess(json.loads(out.read_text()), work, name).start())
         for e in envoys:
             e.wait_live()
-        yield Mesh(db, work, xds_port, envoys[0], envoys[1], web_out, orders_in, app, orders_instance)
+        yield Mesh(db, work, xds_port, envoys[0], envoys[1], web_out, orders_in, orders_out, app, orders_instance)
     finally:
         for e in envoys:
             e.stop()
@@ -215,32 +216,40 @@ def test_cli_changes_reach_envoy_without_restart(mesh: Mesh) -> None:
     assert get(mesh.web_outbound, "orders")[0] == 200
 
 
-def test_rejected_endpoints_show_as_nack_and_are_not_resent(mesh: Mesh) -> None:
+def test_rejected_listener_shows_as_nack_and_is_not_resent(mesh: Mesh) -> None:
+    """A config the store lets through and Envoy refuses: orders-1's instance on 127.0.0.1
+    with its inbound port equal to orders-1's own outbound port (two listeners on one
+    address: docs/security.md, "what is not protected"). A host name address used to be
+    the example here; it now makes a DNS cluster (tests/test_xds_dns.py)."""
     engine = open_store(str(mesh.db))
+    bad = f"instance:127.0.0.1:{mesh.orders_outbound}"
     try:
-        rejected_before = mesh.web.stat("cluster.svc/orders.update_rejected")
-        # a host name where Envoy needs an IP: EDS rejects it (a realistic bad row)
-        set_instance_address(engine, mesh.orders_instance, "orders.invalid")
+        rejected_before = mesh.orders.stat("listener_manager.lds.update_rejected")
+        change_instance(engine, mesh.orders_instance, inbound_port=mesh.orders_outbound)
         row = wait_for("the NACK in proxy status", lambda: (lambda r: r if r.get("nack_open") else None)(
-            mesh.status("web-1")["eds"]))
-        assert row["nack_detail"].startswith("malformed IP address: orders.invalid")
-        assert row["nack_resources"] == ["svc/orders"]
-        assert "service:orders" in row["nack_sources"]
-        assert any(s.startswith("instance:orders.invalid:") for s in row["nack_sources"])
-        table = mesh.cli("proxy", "status", "web-1").output
-        assert "NACKED" in table and "malformed IP address" in table
-        rejected = wait_for("Envoy's counter", lambda: mesh.web.stat("cluster.svc/orders.update_rejected")
-                            > rejected_before and mesh.web.stat("cluster.svc/orders.update_rejected"))
-        # an unrelated change later: the rejected version is not sent again
+            mesh.status("orders-1")["lds"]))  # orders-1 speaks state-of-the-world
+        assert f"'inbound' has duplicate address '127.0.0.1:{mesh.orders_outbound}'" in row["nack_detail"], row
+        assert row["nack_resources"] == ["inbound"]
+        assert "service:orders" in row["nack_sources"] and bad in row["nack_sources"]
+        table = mesh.cli("proxy", "status", "orders-1").output
+        assert "NACKED" in table and bad in table, table
+        rejected = wait_for("Envoy's counter", lambda: mesh.orders.stat("listener_manager.lds.update_rejected")
+                            > rejected_before and mesh.orders.stat("listener_manager.lds.update_rejected"))
+        # Envoy keeps running the inbound listener it accepted last
+        assert dynamic(mesh.orders.config_dump(), "listeners")["inbound"]["address"]["socket_address"][
+            "port_value"] == mesh.orders_inbound
+        # an unrelated change later (a new cluster and route for orders-1): the rejected
+        # listeners are not sent again
         mesh.cli("service", "add", "audit", "--port", "7071")
-        wait_for("audit cluster", lambda: "svc/audit" in dynamic(mesh.web.config_dump(), "clusters"))
+        wait_for("audit cluster", lambda: "svc/audit" in dynamic(mesh.orders.config_dump(), "clusters"))
         time.sleep(0.5)
-        assert mesh.web.stat("cluster.svc/orders.update_rejected") == rejected
-        # the request path still works with the last good endpoints
-        assert get(mesh.web_outbound, "orders")[0] == 200
-        # fixed: a new version is sent, ACKed, and the NACK reads as resolved
-        set_instance_address(engine, mesh.orders_instance, "127.0.0.1")
-        wait_for("resolved", lambda: not mesh.status("web-1")["eds"]["nack_open"])
-        assert "(resolved)" in mesh.cli("proxy", "status", "web-1").output
+        assert mesh.orders.stat("listener_manager.lds.update_rejected") == rejected
+        assert mesh.status("orders-1")["lds"]["nack_open"]
+        # fixed: a new version is sent, ACKed, the NACK reads as resolved, requests flow again
+        change_instance(engine, mesh.orders_instance, inbound_port=mesh.orders_inbound)
+        wait_for("resolved", lambda: not mesh.status("orders-1")["lds"]["nack_open"])
+        assert "(resolved)" in mesh.cli("proxy", "status", "orders-1").output
+        wait_for("requests again", lambda: get(mesh.web_outbound, "orders")[0] == 200)
+        mesh.cli("service", "remove", "audit")
     finally:
         engine.dispose()

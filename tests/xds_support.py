@@ -68,14 +68,20 @@ def sidecar(engine: Engine, name: str, svc: str, outbound_port: int = 15001) -> 
         return add_proxy(w, name, kind="sidecar", service=svc, outbound_port=outbound_port)[1]
 
 
-def set_instance_address(engine: Engine, instance_id: int, address: str) -> None:
-    """A raw change (tests only): give an instance an address Envoy will reject."""
+def change_instance(engine: Engine, instance_id: int, **values: Any) -> None:
+    """A raw change of an instance's columns (tests only: instances have no update command),
+    recorded in a revision like any write."""
     from meshgate.store.rows import read_row, record_row
 
-    with write(engine, "test: change address") as w:
+    with write(engine, "test: change instance") as w:
         before = read_row(w.conn, schema.instances, instance_id)
-        w.conn.execute(update(schema.instances).where(schema.instances.c.id == instance_id).values(address=address))
+        w.conn.execute(update(schema.instances).where(schema.instances.c.id == instance_id).values(**values))
         record_row(w, schema.instances, instance_id, before)
+
+
+def set_instance_address(engine: Engine, instance_id: int, address: str) -> None:
+    """A raw change (tests only): move an instance to another address."""
+    change_instance(engine, instance_id, address=address)
 
 
 @asynccontextmanager

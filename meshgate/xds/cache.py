@@ -3,7 +3,7 @@
 - `intern` serializes a generated resource and returns THE Resource for that
   content: equal bytes are one object, whichever proxy asked.
 - `service_resources` builds a service's `svc/<name>` cluster and endpoints
-  only when its inputs (mesh, service, instances) changed since last time, so
+  (one DNS cluster when an instance has a host name) only when its inputs (mesh, service, instances) changed since last time, so
   a change to one service re-serializes that service alone.
 
 The cache knows nothing of gRPC or streams.
@@ -27,7 +27,7 @@ class ResourceCache:
         self._interned: weakref.WeakValueDictionary[tuple[str, str, str, tuple[str, ...]], Resource] = (
             weakref.WeakValueDictionary()
         )
-        self._services: dict[str, tuple[Any, Resource, Resource]] = {}
+        self._services: dict[str, tuple[Any, tuple[Resource, ...]]] = {}
         self.builds = 0  # service parts built (not reused): for tests and the benchmark
 
     def intern(self, g: Generated) -> Resource:
@@ -50,17 +50,16 @@ class ResourceCache:
         self._interned[key] = res
         return res
 
-    def service_resources(self, index: WorldIndex, service: str) -> tuple[Resource, Resource]:
+    def service_resources(self, index: WorldIndex, service: str) -> tuple[Resource, ...]:
         world = index.world
         key = (world.mesh, world.services[service], index.instances_of(service))
         hit = self._services.get(service)
         if hit is not None and hit[0] == key:
-            return hit[1], hit[2]
-        cluster, endpoints = service_parts(index, service)
-        pair = (self.intern(cluster), self.intern(endpoints))
-        self._services[service] = (key, *pair)
+            return hit[1]
+        parts = tuple(self.intern(g) for g in service_parts(index, service))
+        self._services[service] = (key, parts)
         self.builds += 1
-        return pair
+        return parts
 
     def forget_services(self, keep: set[str] | dict[str, Any]) -> None:
         """Drop cached parts of services that no longer exist."""

@@ -2,7 +2,7 @@
 
     resources = translate_proxy(world, "orders-1")        # every resource, for tools and tests
     plan = proxy_plan(index, proxy, options)              # own resources + upstream names (server)
-    cluster, endpoints = service_parts(index, "orders")   # shared by every caller of orders
+    parts = service_parts(index, "orders")   # svc/orders cluster (+ endpoints), shared by every caller
 
 `translate_proxy` dispatches on the proxy's kind: sidecars (translate/sidecar.py)
 and edge gateways (translate/edge.py). Secrets do not come from here: the

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from meshgate.model import Proxy
 from meshgate.policy import compile as policy_compile
-from meshgate.xds.translate.clusters import local_app_cluster, service_cluster
-from meshgate.xds.translate.endpoints import service_endpoints
+from meshgate.xds.translate.clusters import local_app_cluster, service_cluster, service_dns_cluster
+from meshgate.xds.translate.endpoints import needs_dns, service_endpoints
 from meshgate.xds.translate.generated import Generated, Options
 from meshgate.xds.translate.index import WorldIndex
 from meshgate.xds.translate.listeners import (
@@ -67,10 +67,15 @@ def _inbound(index: WorldIndex, service, instance, options: Options) -> list[Gen
     return [inbound_listener(index.world.mesh, service, instance, http_filters=http, options=options), route]
 
 
-def service_parts(index: WorldIndex, service_name: str) -> tuple[Generated, Generated]:
-    """`svc/<name>` cluster and endpoints: depend only on the mesh, the service and its instances."""
+def service_parts(index: WorldIndex, service_name: str) -> tuple[Generated, ...]:
+    """`svc/<name>` cluster and endpoints: depend only on the mesh, the service and its
+    instances. A service with an instance addressed by a host name gets one resource,
+    a DNS cluster with its endpoints inline (EDS takes IP addresses only)."""
     service = index.world.services[service_name]
+    instances = index.instances_of(service_name)
+    if needs_dns(instances):
+        return (service_dns_cluster(index.world.mesh, service, instances),)
     return (
         service_cluster(index.world.mesh, service),
-        service_endpoints(service_name, index.instances_of(service_name)),
+        service_endpoints(service_name, instances),
     )
