@@ -165,14 +165,3 @@ def alpn(port: int, ca_pem: str, sni: str = "api.example.com") -> str | None:
         with ctx.wrap_socket(raw, server_hostname=sni) as s:
             return s.selected_alpn_protocol()
 
-
-def wait_for(check: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll `check()` until it returns something truthy; AssertionError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
