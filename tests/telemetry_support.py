@@ -14,18 +14,12 @@ from __future__ import annotations
 import datetime
 import http.client
 import json
-import os
-import signal
 import socket
 import ssl
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +32,7 @@ from google.protobuf import json_format
 from meshgate.fleet.app import App
 from meshgate.fleet.envoy import EnvoyProcess, free_port
 from meshgate.telemetry.envoy_config import bootstrap_stats_sink, denied_or_failed_access_log
+from tests.mesh_kit import Fleet, cli, get, wait_for
 
 TD = "example.org"
 CP_CLUSTER = "meshgate"
@@ -265,22 +260,17 @@ def make_store(db: Path) -> dict[str, Any]:
     """A mesh with services web, orders, billing and POLICIES, made with the CLI;
     returns orders' inbound RBAC compiled from it (Envoy JSON): the HCM filters, and
     the virtual host's per-filter config when the compiler puts the rules there."""
-    from click.testing import CliRunner
-
-    from meshgate.cli import cli
     from meshgate.policy import compile as policy_compile
     from meshgate.store.db import open_store
     from meshgate.store.world import load_world
 
-    runner = CliRunner()
     steps = [["init", "--trust-domain", TD],
              ["service", "add", "orders", "--protocol", "http", "--port", "8080"],
              ["service", "add", "web", "--protocol", "http", "--port", "8080"],
              ["service", "add", "billing", "--protocol", "grpc", "--port", "9090"]]
     steps += [["policy", *p] for p in POLICIES]
     for args in steps:
-        r = runner.invoke(cli, ["--db", str(db), *args], catch_exceptions=False)
-        assert r.exit_code == 0, (args, r.output)
+        cli(db, *args)
     engine = open_store(str(db))
     try:
         world = load_world(engine)
@@ -305,121 +295,46 @@ SERVE_TRAFFIC: list[tuple[str, int, int]] = [  # sent web -> orders through web-
 ]
 
 
-@dataclass
-class Stack:
-    db: Path
-    admin: str
-    outbound: int
+class Stack(Fleet):
+    """`meshgate serve` + web-1 and orders-1, and the statuses of SERVE_TRAFFIC as sent."""
+
+    outbound: int  # web-1's outbound listener
     sent: list[int]
 
-    def cli(self, *args: str) -> Any:
-        from click.testing import CliRunner
-
-        from meshgate.cli import cli
-
-        r = CliRunner().invoke(cli, ["--db", str(self.db), *args], catch_exceptions=False)
-        assert r.exit_code == 0, r.output
-        return r
+    @property
+    def admin(self) -> str:
+        return f"127.0.0.1:{self.server.admin}"
 
     def get(self, path: str) -> Any:
+        """A page of the admin port: JSON for /api/..., else text."""
         with urllib.request.urlopen(f"http://{self.admin}{path}", timeout=5) as r:  # noqa: S310
             body = r.read()
         return json.loads(body) if path.startswith("/api/") else body.decode()
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (urllib.error.URLError, OSError, KeyError, StopIteration) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-
-
-def send_to_orders(port: int, path: str) -> int:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Host": "orders"})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310 - loopback
-            r.read()
-            return int(r.status)
-    except urllib.error.HTTPError as e:
-        e.read()
-        return int(e.code)
 
 
 @contextmanager
 def serve_stack(work: Path) -> Iterator[Stack]:
     """`meshgate serve` (subprocess, TLS) + web-1 and orders-1 Envoys from `proxy bootstrap`,
     services web, orders, billing, policies made with the CLI; SERVE_TRAFFIC sent."""
-    from click.testing import CliRunner
-
-    from meshgate.cli import cli
-    from meshgate.store.db import open_store
-    from tests.xds_support import instance
-
-    db = work / "mesh.db"
-    runner = CliRunner()
-
-    def run(*args: str) -> str:
-        r = runner.invoke(cli, ["--db", str(db), *args], catch_exceptions=False)
-        assert r.exit_code == 0, r.output
-        return r.output
-
-    run("init", "--trust-domain", TD)  # default deny
-    for svc, port in (("web", "80"), ("orders", "8080"), ("billing", "9090")):
-        run("service", "add", svc, "--port", port)
-    run("policy", "allow", "--from", "web", "--to", "orders", "--path-prefix", "/anything",
-        "--path-prefix", "/status", "--id", "web-reads-orders")
-    run("policy", "deny", "--from", "*", "--to", "orders", "--path-prefix", "/anything/admin",
-        "--id", "no-admin")
-    run("policy", "deny", "--from", "*", "--to", "orders", "--path-prefix", "/anything/watched",
-        "--audit", "--id", "watch")
-    web_out, orders_in, orders_out = free_port(), free_port(), free_port()
-    tokens = {}
-    for name, svc, port in (("web-1", "web", web_out), ("orders-1", "orders", orders_out)):
-        tokens[name] = json.loads(run("proxy", "add", name, "--service", svc,
-                                      "--outbound-port", str(port), "-o", "json"))["token"]
-    app = App("orders").start()
-    engine = open_store(str(db))
-    instance(engine, "orders", orders_in, app.port, proxy="orders-1")
-    engine.dispose()
-    xds_port, admin_port = free_port(), free_port()
-    env = {**os.environ, "MESHGATE_DB": str(db)}
-    log = open(work / "serve.log", "wb")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "meshgate"), "serve", "--listen",
-         f"127.0.0.1:{xds_port}", "--admin", f"127.0.0.1:{admin_port}"],
-        stdout=log, stderr=subprocess.STDOUT, env=env)
-    envoys: list[EnvoyProcess] = []
-    try:
-        wait_for("meshgate serve", lambda: urllib.request.urlopen(  # noqa: S310
-            f"http://127.0.0.1:{admin_port}/healthz", timeout=1).status == 200)
-        for name in ("web-1", "orders-1"):
-            out = work / f"{name}.json"
-            run("proxy", "bootstrap", name, "--token", tokens[name], "--server",
-                f"127.0.0.1:{xds_port}", "--admin-port", str(free_port()), "--out", str(out))
-            boot = json.loads(out.read_text())
+    with Stack(work / "mesh.db", work) as s:
+        s.cli("init", "--trust-domain", TD)  # default deny
+        for svc, port in (("web", "80"), ("orders", "8080"), ("billing", "9090")):
+            s.cli("service", "add", svc, "--port", port)
+        s.cli("policy", "allow", "--from", "web", "--to", "orders", "--path-prefix", "/anything",
+              "--path-prefix", "/status", "--id", "web-reads-orders")
+        s.cli("policy", "deny", "--from", "*", "--to", "orders", "--path-prefix", "/anything/admin",
+              "--id", "no-admin")
+        s.cli("policy", "deny", "--from", "*", "--to", "orders", "--path-prefix", "/anything/watched",
+              "--audit", "--id", "watch")
+        s.outbound, orders_in = free_port(), free_port()
+        tokens = {name: s.sidecar(name, svc, port)
+                  for name, svc, port in (("web-1", "web", s.outbound), ("orders-1", "orders", free_port()))}
+        s.instance("orders", orders_in, s.app("orders").port, proxy="orders-1")
+        s.serve()
+        boots = {name: s.bootstrap(name, token) for name, token in tokens.items()}
+        for boot in boots.values():
             boot["stats_flush_interval"] = "1s"  # the default is 5 s: tests need not wait
-            envoys.append(EnvoyProcess(boot, work, name).start())
-        for e in envoys:
-            e.wait_live()
-        wait_for("a routed request", lambda: send_to_orders(web_out, "/anything/warmup") == 200)
-        sent = [send_to_orders(web_out, path) for path, _, n in SERVE_TRAFFIC for _ in range(n)]
-        yield Stack(db, f"127.0.0.1:{admin_port}", web_out, sent)
-    finally:
-        for e in envoys:
-            e.stop()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
-        log.close()
-        app.stop()
+        s.start_envoys(boots)
+        wait_for("a routed request", lambda: get(s.outbound, "orders", "/anything/warmup")[0] == 200)
+        s.sent = [get(s.outbound, "orders", path)[0] for path, _, n in SERVE_TRAFFIC for _ in range(n)]
+        yield s

@@ -23,9 +23,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from telemetry_support import SERVE_TRAFFIC, serve_stack, wait_for
+from telemetry_support import SERVE_TRAFFIC, serve_stack
 
 from meshgate.fleet.envoy import free_port
+from tests.mesh_kit import wait_for
 
 pytestmark = pytest.mark.envoy
 ARTIFACTS = Path(__file__).parent / "artifacts"

@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from telemetry_support import SERVE_TRAFFIC, Stack, serve_stack, wait_for
+from telemetry_support import SERVE_TRAFFIC, Stack, serve_stack
+
+from tests.mesh_kit import wait_for
 
 pytestmark = pytest.mark.envoy
 
@@ -37,7 +39,7 @@ def test_traffic_passes_as_the_policies_say(stack: Stack) -> None:
 def test_top_reports_the_edge_from_the_served_config(stack: Stack) -> None:
     def edge() -> dict[str, Any] | None:
         r = stack.cli("top", "--once", "--output", "json", "--admin", stack.admin)
-        rows = [e for e in json.loads(r.output) if (e["caller"], e["callee"]) == ("web", "orders")]
+        rows = [e for e in json.loads(r) if (e["caller"], e["callee"]) == ("web", "orders")]
         return rows[0] if rows and rows[0]["requests_total"] == TOTAL else None
 
     e = wait_for("web -> orders in `meshgate top`", edge)
@@ -47,7 +49,7 @@ def test_top_reports_the_edge_from_the_served_config(stack: Stack) -> None:
 
 def test_denials_reach_events_with_rule_ids(stack: Stack) -> None:
     def rows() -> list[dict[str, Any]] | None:
-        out = json.loads(stack.cli("events", "--denied", "--since", "10m", "-o", "json").output)
+        out = json.loads(stack.cli("events", "--denied", "--since", "10m", "-o", "json"))
         return out if len(out) == 8 else None
 
     events = wait_for("8 denials (6 enforced, 2 audit) in the store", rows)
