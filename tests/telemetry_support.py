@@ -16,7 +16,6 @@ import http.client
 import json
 import socket
 import ssl
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
