@@ -22,6 +22,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from meshgate.ca import authority
+from meshgate.fleet.envoy import free_port
+from tests.mesh_kit import Fleet, token_of
 
 ISSUER = "https://idp.example.com/"
 AUDIENCE = "orders-api"
@@ -165,3 +167,34 @@ def alpn(port: int, ca_pem: str, sni: str = "api.example.com") -> str | None:
         with ctx.wrap_socket(raw, server_hostname=sni) as s:
             return s.selected_alpn_protocol()
 
+
+class GatewayFleet(Fleet):
+    """A Fleet whose store has orders behind the edge gateway `public` (see `gateway`)."""
+
+    gateway_port: int
+    root_pem: str
+    signer: Signer
+
+    def gateway(self) -> str:
+        """With the CLI: the mesh, service orders, JWT provider idp (this signer's JWKS),
+        gateway `public` with a certificate for api.example.com, the route /orders -> orders
+        needing a JWT from idp, and edge:public allowed to call orders. The gateway's token."""
+        self.signer = Signer.es256()
+        (self.work / "jwks.json").write_text(jwks(self.signer))
+        self.gateway_port = free_port()
+        self.cli("init", "--trust-domain", "example.org")
+        self.cli("service", "add", "orders", "--port", "8080")
+        self.cli("jwt", "add", "idp", "--issuer", ISSUER, "--audience", AUDIENCE,
+                 "--jwks-file", str(self.work / "jwks.json"))
+        token = token_of(self.cli("edge", "add", "public", "--listen", f"127.0.0.1:{self.gateway_port}"))
+        self.cli("edge", "cert", "issue", "--gateway", "public", "--host", "api.example.com",
+                 "--ca-out", str(self.work / "root.pem"))
+        self.root_pem = (self.work / "root.pem").read_text()
+        self.cli("edge", "route", "add", "public", "--host", "api.example.com", "--prefix", "/orders",
+                 "--to", "orders", "--auth", "jwt:idp")
+        self.cli("policy", "allow", "--from", "edge:public", "--to", "orders")
+        return token
+
+    def get(self, path: str, **kw: Any) -> Reply:
+        """One HTTPS request to the gateway (see `https`)."""
+        return https(self.gateway_port, path, ca_pem=self.root_pem, **kw)

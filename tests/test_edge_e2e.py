@@ -15,19 +15,13 @@ from typing import Any
 import pytest
 
 from meshgate.fleet.envoy import EnvoyProcess, free_port
-from tests.edge_kit import AUDIENCE, Reply, Signer, https, jwks
-from tests.mesh_kit import Fleet, token_of, wait_for
+from tests.edge_kit import GatewayFleet, Signer
+from tests.mesh_kit import wait_for
 
 pytestmark = pytest.mark.envoy
 
-ISSUER = "https://idp.example.com/"
 
-
-class EdgeFleet(Fleet):
-    gateway_port: int
-    root_pem: str
-    signer: Signer
-
+class EdgeFleet(GatewayFleet):
     def wait(self, check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
         """wait_for, and on timeout say what the proxies and the server were doing."""
         try:
@@ -38,9 +32,6 @@ class EdgeFleet(Fleet):
                 notes.append(f"--- {p.name} log ---\n{p.tail(15)}")
             notes.append("--- serve.log ---\n" + self.server.tail())
             raise AssertionError("\n".join(notes)) from None
-
-    def get(self, path: str, **kw: object) -> Reply:
-        return https(self.gateway_port, path, ca_pem=self.root_pem, **kw)  # type: ignore[arg-type]
 
     def start_proxy(self, name: str, token: str) -> EnvoyProcess:
         self.start_envoys({name: self.bootstrap(name, token)})
@@ -58,20 +49,7 @@ class EdgeFleet(Fleet):
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeFleet]:
     wd = tmp_path_factory.mktemp("edge-e2e")
     with EdgeFleet(wd / "meshgate.db", wd) as f:
-        f.signer = Signer.es256()
-        (wd / "jwks.json").write_text(jwks(f.signer))
-        f.gateway_port = free_port()
-        f.cli("init", "--trust-domain", "example.org")
-        f.cli("service", "add", "orders", "--port", "8080")
-        f.cli("jwt", "add", "idp", "--issuer", ISSUER, "--audience", AUDIENCE,
-              "--jwks-file", str(wd / "jwks.json"))
-        gw_token = token_of(f.cli("edge", "add", "public", "--listen", f"127.0.0.1:{f.gateway_port}"))
-        f.cli("edge", "cert", "issue", "--gateway", "public", "--host", "api.example.com",
-              "--ca-out", str(wd / "mesh-root.pem"))
-        f.root_pem = (wd / "mesh-root.pem").read_text()
-        f.cli("edge", "route", "add", "public", "--host", "api.example.com", "--prefix", "/orders",
-              "--to", "orders", "--auth", "jwt:idp")
-        f.cli("policy", "allow", "--from", "edge:public", "--to", "orders")
+        gw_token = f.gateway()
         f.serve("--log-level", "warning")
         f.add_orders("orders-1", "orders-a")
         f.start_proxy("public", gw_token)

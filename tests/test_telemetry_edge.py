@@ -17,46 +17,27 @@ from typing import Any
 import pytest
 
 from meshgate.fleet.envoy import free_port
-from tests.edge_kit import Reply, Signer, https, jwks
-from tests.mesh_kit import Fleet, token_of, wait_for
+from tests.edge_kit import GatewayFleet
+from tests.mesh_kit import wait_for
 
 pytestmark = pytest.mark.envoy
 
-ISSUER = "https://idp.example.com/"
-class Edge(Fleet):
-    gateway_port: int
-    root_pem: str
-    signer: Signer
+
+class Edge(GatewayFleet):
     routes: dict[str, str]  # prefix -> route id
 
     @property
     def admin(self) -> str:
         return f"127.0.0.1:{self.server.admin}"
 
-    def get(self, path: str, **kw: Any) -> Reply:
-        return https(self.gateway_port, path, ca_pem=self.root_pem, **kw)
-
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     wd = tmp_path_factory.mktemp("telemetry-edge")
     with Edge(wd / "meshgate.db", wd) as e:
-        e.signer = Signer.es256()
-        (wd / "jwks.json").write_text(jwks(e.signer))
-        e.gateway_port = free_port()
-        e.cli("init", "--trust-domain", "example.org")
-        e.cli("service", "add", "orders", "--port", "8080")
-        e.cli("jwt", "add", "idp", "--issuer", ISSUER, "--audience", "orders-api",
-              "--jwks-file", str(wd / "jwks.json"))
-        gw_token = token_of(e.cli("edge", "add", "public", "--listen", f"127.0.0.1:{e.gateway_port}"))
-        e.cli("edge", "cert", "issue", "--gateway", "public", "--host", "api.example.com",
-              "--ca-out", str(wd / "root.pem"))
-        e.root_pem = (wd / "root.pem").read_text()
-        e.cli("edge", "route", "add", "public", "--host", "api.example.com", "--prefix",
-              "/orders", "--to", "orders", "--auth", "jwt:idp")
+        gw_token = e.gateway()
         e.cli("edge", "route", "add", "public", "--host", "api.example.com", "--prefix",
               "/reports", "--to", "orders", "--auth", "none", "--rate", "2/m")
-        e.cli("policy", "allow", "--from", "edge:public", "--to", "orders")
         e.routes = {r["prefix"]: r["id"] for r in e.cli_json("edge", "route", "list")}
         app = e.app("orders")
         sidecar_token = e.sidecar("orders-1", "orders", free_port())
