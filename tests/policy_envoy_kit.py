@@ -1,6 +1,6 @@
 """A static Envoy standing in for a sidecar's inbound side, for policy tests.
 
-Real mTLS (a throwaway CA, client certificates with SPIFFE URI SANs), the
+Real mTLS (a throwaway mesh CA, client certificates with SPIFFE URI SANs), the
 compiled RBAC filters (rules on the route, as in the mesh) and the HCM
 hardening, one listener per target service;
 HTTP targets answer with a direct response, tcp targets proxy to a small echo
@@ -10,11 +10,8 @@ filters saw, Envoy's response detail and the RBAC dynamic metadata per request.
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import json
 import socket
-import ssl
 import subprocess
 import threading
 import time
@@ -22,10 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, substitution_format_string_pb2
@@ -45,6 +38,7 @@ from meshgate.fleet.envoy import EnvoyProcess, envoy_args, free_port
 from meshgate.model import World
 from meshgate.policy.compile import http_rbac_filters, http_rbac_per_route, network_rbac_filters
 from meshgate.policy.hardening import hcm_path_hardening
+from tests.edge_kit import MeshCa
 
 LOG_FORMAT = {
     "case": "%REQ(X-CASE)%",
@@ -62,62 +56,8 @@ def _pack(msg: Any) -> any_pb2.Any:
     return out
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-class ThrowawayCa:
-    """A root that signs SPIFFE leaf certificates (URI SAN) valid for an hour."""
-
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        self.cert = (
-            x509.CertificateBuilder().subject_name(_name("policy test root"))
-            .issuer_name(_name("policy test root")).public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(hours=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
-        self.pem = self.cert.public_bytes(serialization.Encoding.PEM).decode()
-
-    def issue(self, uri: str) -> tuple[str, str]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder().subject_name(_name(uri.rsplit("/", 1)[-1]))
-            .issuer_name(self.cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.UniformResourceIdentifier(uri),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            ]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode()
-        return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem
-
-    def client_context(self, uri: str, workdir: Path) -> ssl.SSLContext:
-        cert, key = self.issue(uri)
-        stem = uri.rsplit("/", 2)[-2] + "-" + uri.rsplit("/", 1)[-1]
-        (workdir / f"{stem}.crt").write_text(cert)
-        (workdir / f"{stem}.key").write_text(key)
-        ctx = ssl.create_default_context(cadata=self.pem)
-        ctx.check_hostname = False
-        ctx.load_cert_chain(workdir / f"{stem}.crt", workdir / f"{stem}.key")
-        return ctx
-
-
-def _server_tls(ca: ThrowawayCa, uri: str) -> base_pb2.TransportSocket:
-    cert, key = ca.issue(uri)
+def _server_tls(ca: MeshCa, uri: str) -> base_pb2.TransportSocket:
+    cert, key = ca.leaf(uri)
     ctx = tls_pb2.DownstreamTlsContext(
         require_client_certificate=wrappers_pb2.BoolValue(value=True),
         common_tls_context=tls_pb2.CommonTlsContext(
@@ -151,7 +91,7 @@ def _address(port: int) -> address_pb2.Address:
     )
 
 
-def http_listener(world: World, service: str, ca: ThrowawayCa, port: int, log: Path) -> listener_pb2.Listener:
+def http_listener(world: World, service: str, ca: MeshCa, port: int, log: Path) -> listener_pb2.Listener:
     route = route_pb2.RouteConfiguration(name=service, virtual_hosts=[route_components_pb2.VirtualHost(
         name=service, domains=["*"], routes=[route_components_pb2.Route(
             match=route_components_pb2.RouteMatch(prefix="/"),
@@ -181,7 +121,7 @@ def http_listener(world: World, service: str, ca: ThrowawayCa, port: int, log: P
     )
 
 
-def tcp_listener(world: World, service: str, ca: ThrowawayCa, port: int, upstream: int,
+def tcp_listener(world: World, service: str, ca: MeshCa, port: int, upstream: int,
                  log: Path) -> tuple[listener_pb2.Listener, cluster_pb2.Cluster]:
     cluster = cluster_pb2.Cluster(
         name=f"app-{service}", type=cluster_pb2.Cluster.STATIC,
@@ -262,7 +202,7 @@ class StaticInbound:
 
     world: World
     workdir: Path
-    ca: ThrowawayCa = field(default_factory=ThrowawayCa)
+    ca: MeshCa = field(default_factory=MeshCa)
     ports: dict[str, int] = field(default_factory=dict)
     envoy: FastFlushEnvoy | None = None
     echo: EchoServer | None = None

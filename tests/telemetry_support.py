@@ -11,7 +11,6 @@ do not depend on the xDS server.
 
 from __future__ import annotations
 
-import datetime
 import http.client
 import json
 import socket
@@ -22,15 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from google.protobuf import json_format
 
 from meshgate.fleet.app import App
 from meshgate.fleet.envoy import EnvoyProcess, free_port
 from meshgate.telemetry.envoy_config import bootstrap_stats_sink, denied_or_failed_access_log
+from tests.edge_kit import MeshCa
 from tests.mesh_kit import Fleet, cli, get, wait_for
 
 TD = "example.org"
@@ -54,52 +50,6 @@ TRAFFIC: list[tuple[str, int, int]] = [  # (path, expected status, count)
     ("/other", 403, 2),                # no allow rule matches: default deny
     ("/anything/watched", 200, 3),     # passes; audit rule "audit-watch" flags it
 ]
-
-
-# ---- certificates ---------------------------------------------------------------------------
-
-def _pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
-
-
-class TestCa:
-    __test__ = False
-
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "telemetry test CA")])
-        now = datetime.datetime.now(datetime.UTC)
-        self.cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
-        self.pem = _pem(self.cert)
-
-    def issue(self, service: str) -> tuple[str, str]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder().subject_name(x509.Name([]))
-            .issuer_name(self.cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(f"spiffe://{TD}/svc/{service}")]), critical=True)
-            .add_extension(x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        return _pem(cert), _key_pem(key)
 
 
 # ---- bootstraps -----------------------------------------------------------------------------
@@ -171,10 +121,10 @@ def bootstrap(node_id: str, service: str, cp_port: int, listeners: list[dict[str
     return b
 
 
-def orders_bootstrap(ca: TestCa, rbac: dict[str, Any], *, cp_port: int,
+def orders_bootstrap(ca: MeshCa, rbac: dict[str, Any], *, cp_port: int,
                      inbound_port: int, app_port: int) -> dict[str, Any]:
     """orders' inbound: mTLS required, then RBAC compiled from real policies (`make_store`)."""
-    cert, key = ca.issue("orders")
+    cert, key = ca.leaf(f"spiffe://{TD}/svc/orders")
     tls = {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
            "require_client_certificate": True,
            "common_tls_context": _common_tls(cert, key, ca.pem, {"prefix": f"spiffe://{TD}/"})}
@@ -186,8 +136,8 @@ def orders_bootstrap(ca: TestCa, rbac: dict[str, Any], *, cp_port: int,
                      [static_cluster("local_app", app_port)], telemetry=True)
 
 
-def web_bootstrap(ca: TestCa, *, cp_port: int, outbound_port: int, orders_port: int) -> dict[str, Any]:
-    cert, key = ca.issue("web")
+def web_bootstrap(ca: MeshCa, *, cp_port: int, outbound_port: int, orders_port: int) -> dict[str, Any]:
+    cert, key = ca.leaf(f"spiffe://{TD}/svc/web")
     up_tls = {"sni": "orders",
               "common_tls_context": _common_tls(cert, key, ca.pem, {"exact": f"spiffe://{TD}/svc/orders"})}
     listener = {"name": "outbound", "address": _addr(outbound_port), "filter_chains": [{
@@ -202,7 +152,7 @@ class TwoSidecars:
     """orders app + orders-1 + web-1 Envoys, pointed at a telemetry server's gRPC port."""
 
     def __init__(self, workdir: Path, cp_port: int, rbac: dict[str, Any]) -> None:
-        self.ca = TestCa()
+        self.ca = MeshCa(TD)
         self.app = App("orders")
         self.inbound_port = free_port()
         self.outbound_port = free_port()
