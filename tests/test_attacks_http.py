@@ -38,12 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from meshgate.ca import authority
 from meshgate.ca.identity import IdentityIssuer
 from meshgate.ca.keys import load_keybox
-from meshgate.cli import cli
 from meshgate.fleet.app import App
 from meshgate.fleet.envoy import EnvoyProcess, free_port
 from meshgate.store.ca import list_cas
@@ -52,10 +50,11 @@ from meshgate.store.instances import add_instance
 from meshgate.store.proxies import add_proxy
 from meshgate.store.txn import write
 from meshgate.store.world import load_world
-from meshgate.xds.translate import limits, tls, translate_proxy
-from meshgate.xds.translate.edge import edge_secrets
+from meshgate.xds.secrets import IssuerSecretProvider
+from meshgate.xds.translate import limits
 from tests.edge_kit import AUDIENCE, ISSUER, MeshCa, Signer, https, jwks
-from tests.edge_static import static_bootstrap
+from tests.edge_static import static_envoy
+from tests.mesh_kit import cli
 
 pytestmark = pytest.mark.envoy
 TD = "example.org"
@@ -96,11 +95,6 @@ class Fleet:
         return ctx
 
 
-def _cli(db: Path, *args: str) -> None:
-    r = CliRunner().invoke(cli, ["--db", str(db), *args], catch_exceptions=False)
-    assert r.exit_code == 0, (args, r.output)
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     work = tmp_path_factory.mktemp("attacks-http")
@@ -129,7 +123,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
              "--to", "orders", "--auth", "mtls"),
             ("policy", "allow", "--from", "web,edge:public", "--to", "orders"),
         ):
-            _cli(db, *args)
+            cli(db, *args)
         engine = open_store(str(db))
         with write(engine, "sidecars") as w:
             add_proxy(w, "orders-1", kind="sidecar", service="orders", outbound_port=free_port())
@@ -139,22 +133,17 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         world = load_world(engine)
         keybox = load_keybox(str(engine.url))
         issuer = IdentityIssuer(engine, keybox)
-        bundle = tls.trust_bundle_secret(issuer.trust_bundle_pem())
+        secrets = IssuerSecretProvider(issuer)  # what SDS sends: identity, trust bundle, edge certs
 
-        def start(name: str, w: Any, spiffe: str, extra: list[Any]) -> EnvoyProcess:
-            ident = issuer.identity_for(name, spiffe, 3600)
-            secrets = [tls.identity_secret(ident.cert_chain_pem, ident.key_pem), bundle, *extra]
-            e = EnvoyProcess(static_bootstrap(translate_proxy(w, name), secrets, free_port()), work, name).start()
-            envoys.append(e)
-            return e
+        def start(name: str, w: Any) -> EnvoyProcess:
+            envoys.append(static_envoy(w, name, secrets, work))
+            return envoys[-1]
 
-        opened = lambda sealed: keybox.decrypt(sealed).decode()  # noqa: E731
-        gateway = start("public", world, world.mesh.edge_identity("public"), edge_secrets(world, "public", opened))
-        strict = start("orders-1", world, world.mesh.service_identity("orders"), [])
+        gateway = start("public", world)
+        strict = start("orders-1", world)
         # plaintext callers have no identity: only a default allow lets them in
-        permissive_world = dataclasses.replace(
-            world, mesh=dataclasses.replace(world.mesh, mtls_mode="permissive", default_action="allow"))
-        permissive = start("orders-2", permissive_world, world.mesh.service_identity("orders"), [])
+        permissive = start("orders-2", dataclasses.replace(
+            world, mesh=dataclasses.replace(world.mesh, mtls_mode="permissive", default_action="allow")))
         for e in envoys:
             e.wait_live()
         with engine.connect() as conn:

@@ -19,11 +19,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from meshgate.ca.identity import IdentityIssuer
 from meshgate.ca.keys import load_keybox
-from meshgate.cli import cli
 from meshgate.fleet.app import App
 from meshgate.fleet.envoy import EnvoyProcess, free_port
 from meshgate.model import Policy
@@ -33,10 +31,10 @@ from meshgate.store.policies import add_policy
 from meshgate.store.proxies import add_proxy
 from meshgate.store.txn import write
 from meshgate.store.world import load_world
-from meshgate.xds.translate import tls, translate_proxy
-from meshgate.xds.translate.edge import edge_secrets
+from meshgate.xds.secrets import IssuerSecretProvider
 from tests.edge_kit import AUDIENCE, MeshCa, Reply, Signer, alpn, https, jwks, unsigned_token
-from tests.edge_static import static_bootstrap
+from tests.edge_static import static_envoy
+from tests.mesh_kit import cli
 
 pytestmark = pytest.mark.envoy
 
@@ -55,12 +53,6 @@ class Edge:
 
     def get(self, path: str, **kw: object) -> Reply:
         return https(self.port, path, ca_pem=self.mesh_root, **kw)  # type: ignore[arg-type]
-
-
-def _cli(db: Path, *args: str) -> str:
-    r = CliRunner().invoke(cli, ["--db", str(db), *args], catch_exceptions=False)
-    assert r.exit_code == 0, (args, r.output)
-    return r.output
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +98,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
             ("edge", "route", "add", "public", "--host", "api.example.com", "--prefix", "/remote",
              "--to", "orders", "--auth", "jwt:remote"),
         ):
-            _cli(db, *args)
+            cli(db, *args)
         engine = open_store(str(db))
         with write(engine, "sidecar and policies") as w:
             add_proxy(w, "orders-1", kind="sidecar", service="orders", outbound_port=free_port())
@@ -116,21 +108,10 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
                                  claims=(("role", "writer"),)))
             add_policy(w, Policy("", "deny", ("edge:public",), "orders", claims=(("sub", "mallory"),)))
         world = load_world(engine)
-        keybox = load_keybox(str(engine.url))
-        issuer = IdentityIssuer(engine, keybox)
-        bundle = tls.trust_bundle_secret(issuer.trust_bundle_pem())
-
-        def identity(proxy: str, spiffe: str) -> object:
-            ident = issuer.identity_for(proxy, spiffe, 3600)
-            return tls.identity_secret(ident.cert_chain_pem, ident.key_pem)
-
-        gw_secrets = edge_secrets(world, "public", lambda sealed: keybox.decrypt(sealed).decode())
-        gw_secrets += [identity("public", world.mesh.edge_identity("public")), bundle]
-        gw = EnvoyProcess(static_bootstrap(translate_proxy(world, "public"), gw_secrets, free_port()),
-                          wd, "gateway").start()
-        sc = EnvoyProcess(static_bootstrap(translate_proxy(world, "orders-1"),
-                                           [identity("orders-1", world.mesh.service_identity("orders")), bundle],
-                                           free_port()), wd, "sidecar").start()
+        issuer = IdentityIssuer(engine, load_keybox(str(engine.url)))
+        secrets = IssuerSecretProvider(issuer)  # what SDS sends: identity, trust bundle, edge certs
+        gw = static_envoy(world, "public", secrets, wd, "gateway")
+        sc = static_envoy(world, "orders-1", secrets, wd, "sidecar")
         gw.wait_live()
         sc.wait_live()
         engine.dispose()

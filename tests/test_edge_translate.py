@@ -19,6 +19,7 @@ from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
 )
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
+from meshgate.config.envoy_check import static_bootstrap
 from meshgate.fleet.envoy import find_envoy
 from meshgate.model import (
     EdgeCert,
@@ -36,7 +37,6 @@ from meshgate.xds import types
 from meshgate.xds.translate import WorldIndex, service_parts, tls, translate_proxy
 from meshgate.xds.translate.edge import edge_secret_names, edge_secrets
 from tests.edge_kit import AUDIENCE, ISSUER, MeshCa, Signer, jwks
-from tests.edge_static import static_bootstrap
 
 CA = MeshCa()
 CLIENT_CA = MeshCa(trust_domain="clients.example")
@@ -267,7 +267,8 @@ def test_real_envoy_accepts_the_gateway(tmp_path: Path) -> None:
     secrets += [tls.identity_secret(*CA.leaf("spiffe://example.org/edge/public")),
                 tls.trust_bundle_secret(CA.pem)]
     path = tmp_path / "gw.json"
-    path.write_text(json.dumps(static_bootstrap(translate_proxy(world, "public"), secrets, 0)))
+    path.write_text(json.dumps(static_bootstrap(world.proxies["public"], translate_proxy(world, "public"),
+                                                secrets=secrets)))
     out = subprocess.run([find_envoy(), "--mode", "validate", "-c", str(path), "--disable-hot-restart",
                           "-l", "error"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr

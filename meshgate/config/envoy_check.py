@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from meshgate.model import Proxy, World
 from meshgate.xds import types
@@ -109,11 +110,13 @@ def _inline_rds(node: Any, routes: dict[str, dict[str, Any]]) -> None:
             _inline_rds(v, routes)
 
 
-def static_bootstrap(proxy: Proxy, resources: Iterable[Generated]) -> dict[str, Any]:
+def static_bootstrap(proxy: Proxy, resources: Iterable[Generated], *,
+                     secrets: Iterable[Message] | None = None, admin_port: int = 9901) -> dict[str, Any]:
     """One proxy's resources inside the bootstrap `meshgate proxy bootstrap` writes for
     it (fleet.bootstrap.render_bootstrap), made static so Envoy can `--mode validate`
     it (see the module doc): its own clusters (the control plane's, which access
-    logs name) stay, the ADS part goes."""
+    logs name) stay, the ADS part goes. `secrets` (what SDS would send the proxy)
+    replace the throwaway ones, so a real Envoy can also serve traffic on it."""
     from meshgate.fleet.bootstrap import control_plane_identity, render_bootstrap
 
     by_type: dict[str, list[Generated]] = {}
@@ -136,18 +139,21 @@ def static_bootstrap(proxy: Proxy, resources: Iterable[Generated]) -> dict[str, 
     _strip_sds(clusters, certs, cas)
     _strip_sds(listeners, certs, cas)
     cert, key = throwaway_pair()
-    secrets = [{"name": n, "tls_certificate": {"certificate_chain": {"inline_string": cert},
-                                               "private_key": {"inline_string": key}}}
-               for n in sorted(certs)]
-    secrets += [{"name": n, "validation_context": {"trusted_ca": {"inline_string": cert}}}
-                for n in sorted(cas - certs)]
-    boot = render_bootstrap(proxy, "validate-only", servers=["127.0.0.1:18000"], admin_port=9901,
+    if secrets is not None:
+        held = [json_format.MessageToDict(s, preserving_proto_field_name=True) for s in secrets]
+    else:
+        held = [{"name": n, "tls_certificate": {"certificate_chain": {"inline_string": cert},
+                                                "private_key": {"inline_string": key}}}
+                for n in sorted(certs)]
+        held += [{"name": n, "validation_context": {"trusted_ca": {"inline_string": cert}}}
+                 for n in sorted(cas - certs)]
+    boot = render_bootstrap(proxy, "validate-only", servers=["127.0.0.1:18000"], admin_port=admin_port,
                             xds_ca_pem=cert, xds_san=control_plane_identity("validate.invalid"))
     boot.pop("dynamic_resources", None)
     static = boot["static_resources"]
     static["clusters"] = [*static.get("clusters", []), *clusters]
     static["listeners"] = listeners
-    static["secrets"] = secrets
+    static["secrets"] = held
     return boot
 
 
