@@ -267,10 +267,11 @@ class FakeSecrets:
         self.forgotten.append(proxy_name)
 
 
-def mesh_fixture(tmp_path: Path) -> tuple[Engine, dict[str, str]]:
+def mesh_fixture(tmp_path: Path, url: str | None = None) -> tuple[Engine, dict[str, str]]:
     """web (http:80) with sidecar web-1 and its instance; orders (http:8080) with one
-    instance and sidecar orders-1; default allow. Returns the engine and the tokens."""
-    engine = new_mesh(tmp_path / "mesh.db")
+    instance and sidecar orders-1; default allow. Returns the engine and the tokens.
+    The store is tmp_path/mesh.db, or `url` (e.g. the `store_url` fixture's)."""
+    engine = new_mesh(url or tmp_path / "mesh.db")
     service(engine, "web")
     service(engine, "orders", port=8080)
     tokens = {"web-1": sidecar(engine, "web-1", "web"), "orders-1": sidecar(engine, "orders-1", "orders", 15002)}

@@ -70,8 +70,15 @@ READ_ONLY = "meshgate_read_only"
 
 @contextmanager
 def reading(engine: Engine) -> Iterator[Connection]:
-    """A connection for a consistent read that takes no write lock."""
+    """A connection for a consistent read that takes no write lock.
+
+    SQLite: a deferred transaction (in WAL mode one snapshot, never blocking a
+    writer). PostgreSQL: REPEATABLE READ, so every statement of the read sees one
+    snapshot (READ COMMITTED, the default, takes a new one per statement: a World
+    loaded table by table could mix two revisions)."""
     with engine.connect() as conn:
+        if is_postgres(engine):
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
         yield conn.execution_options(**{READ_ONLY: True})
 
 

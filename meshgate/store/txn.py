@@ -74,6 +74,15 @@ class Write:
 WRITE_LOCK = 0x6D67_7772  # "mgwr"
 
 
+def writers_serialized(engine: Engine) -> bool:
+    """True when every `write()` holds one lock from its first statement to its commit
+    (SQLite's BEGIN IMMEDIATE, PostgreSQL's WRITE_LOCK). Revision ids are then drawn
+    and become visible in increasing order, so an id missing below a visible one
+    belongs to a transaction that rolled back (PostgreSQL's sequences are not
+    transactional: a rolled-back insert still uses its id up) and never appears."""
+    return engine.dialect.name in ("sqlite", "postgresql")
+
+
 def _serialize_writers(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
         conn.execute(text(f"SET LOCAL lock_timeout = '{BUSY_TIMEOUT_MS}ms'"))

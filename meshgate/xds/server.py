@@ -38,9 +38,10 @@ from sqlalchemy import Engine
 
 from meshgate.model import Proxy, World
 from meshgate.store import status as store_status
-from meshgate.store.db import is_sqlite
+from meshgate.store.db import reading
 from meshgate.store.proxies import credentials as load_credentials
 from meshgate.store.replicas import STALE_AFTER
+from meshgate.store.txn import writers_serialized
 from meshgate.store.world import load_world_conn
 from meshgate.xds.auth import Authenticated, Authenticator, AuthError
 from meshgate.xds.delta import DeltaStream
@@ -140,7 +141,7 @@ class XdsServer:
         self.port: int | None = None
         self.last_apply_cpu_ms: float = 0.0
         self.last_load_cpu_ms: float = 0.0
-        self._incremental = is_sqlite(engine)
+        self._incremental = writers_serialized(engine)  # revisions visible in order: patchable
         self._full_at = 0.0
         self._creds: dict[str, Any] = {}
         self._server: grpc.aio.Server | None = None
@@ -358,19 +359,20 @@ class XdsServer:
 
     # -- store changes -------------------------------------------------------------
     def _load(self) -> tuple[World, dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:  # one snapshot, no write lock
             return load_world_conn(conn), load_credentials(conn)
 
     def _refresh(self) -> tuple[World, dict[str, Any], WorldIndex | None, WorldChange | None]:
         """The World now (in a worker thread): the revisions since the last one applied
-        to it (SQLite), else a full reload (also every FULL_RELOAD_INTERVAL, as a safety net)."""
+        to it (where writers are serialized: SQLite, PostgreSQL), else a full reload
+        (also every FULL_RELOAD_INTERVAL, as a safety net)."""
         assert self.state is not None
         c0 = time.thread_time()
         result = None
         if self._incremental and time.monotonic() - self._full_at < FULL_RELOAD_INTERVAL:
-            with self.engine.connect() as conn:
+            with reading(self.engine) as conn:
                 revisions = changes_since(conn, self.state.world.revision)
-            result = patch(self.state.world, self.state.index, self._creds, revisions)
+            result = patch(self.state.world, self.state.index, self._creds, revisions, ordered=True)
         if result is None:
             world, creds = self._load()
             self._full_at = time.monotonic()

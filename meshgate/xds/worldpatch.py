@@ -8,11 +8,17 @@ is a new immutable World (and an index carried forward), equal to what
 
 Only rows of services, instances, proxies, policies and the mesh are
 patched. Anything else (CA rows, edge routes and certificates, JWT providers,
-settings), a revision id gap, or a row that is not complete makes `patch`
-return None and the caller reloads the whole World. Patching is used on
-SQLite only: there writers are serialized, so revision ids commit in order;
-on PostgreSQL a lower id can commit after a higher one, and the server
-reloads instead.
+settings) or a row that is not complete makes `patch` return None and the
+caller reloads the whole World.
+
+Patching needs every revision after the World's, in order. The server
+patches only where writers are serialized (store.txn.writers_serialized:
+SQLite's BEGIN IMMEDIATE, PostgreSQL's advisory WRITE_LOCK): revision ids
+are drawn under the lock, so they become visible in increasing order, and a
+missing id below a visible one is a transaction that rolled back after
+drawing it (normal on PostgreSQL, whose sequences are not transactional): a
+hole that never fills, skipped (`ordered=True`). Without that guarantee a gap
+may be a transaction not visible yet, and `patch` returns None.
 """
 
 from __future__ import annotations
@@ -69,17 +75,20 @@ def _row(change: dict[str, Any]) -> SimpleNamespace | None:
 
 
 def patch(world: World, index: WorldIndex, creds: dict[str, Credential],
-          revisions: Iterable[tuple[int, list[dict[str, Any]]]]) -> tuple[World, WorldIndex, dict[str, Credential], WorldChange] | None:
-    """The World after `revisions` (ascending, starting right after world.revision), or None
-    when only a full reload can say."""
+          revisions: Iterable[tuple[int, list[dict[str, Any]]]], *,
+          ordered: bool = False) -> tuple[World, WorldIndex, dict[str, Credential], WorldChange] | None:
+    """The World after `revisions` (every revision after world.revision, ascending), or None
+    when only a full reload can say. `ordered`: revision ids become visible in increasing
+    order (see the module doc), so a gap in them is a rolled-back transaction, not one
+    still to come."""
     revisions = list(revisions)
     if not revisions:
         return world, index, creds, WorldChange()
-    expected = world.revision + 1
+    last = world.revision
     for rev_id, _ in revisions:
-        if rev_id != expected:
-            return None  # a gap: an id taken by a transaction we cannot see (yet)
-        expected += 1
+        if rev_id <= last or (rev_id != last + 1 and not ordered):
+            return None  # a gap: maybe an id taken by a transaction we cannot see yet
+        last = rev_id
     services = world.services
     proxies = world.proxies
     policies = world.policies
