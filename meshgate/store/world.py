@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import fields
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, select
 
@@ -26,71 +27,51 @@ from meshgate.store.db import reading
 from meshgate.store.errors import StoreError
 from meshgate.store.txn import current_revision
 
+T = TypeVar("T")
+
 
 def _pairs(raw: str) -> tuple[tuple[str, str], ...]:
     return tuple((str(k), str(v)) for k, v in json.loads(raw or "[]"))
 
 
+def _json_tuple(raw: str | None) -> tuple[Any, ...]:
+    return tuple(json.loads(raw or "[]"))
+
+
+def _from_row(cls: type[T], row: Any, **converted: Any) -> T:
+    """A model object from a row (or anything with the columns as attributes): each field
+    from the column of the same name, except those given in `converted` (JSON text,
+    0/1 flags, columns with another name)."""
+    copied = {f.name: getattr(row, f.name) for f in fields(cls) if f.name not in converted}  # type: ignore[arg-type]
+    return cls(**copied, **converted)
+
+
 def mesh_from_row(row: Any) -> Mesh:
-    return Mesh(
-        trust_domain=row.trust_domain,
-        mtls_mode=row.mtls_mode,
-        default_action=row.default_action,
-        cert_ttl_seconds=row.cert_ttl_seconds,
-        instance_grace_seconds=row.instance_grace_seconds,
-    )
+    return _from_row(Mesh, row)
 
 
 def service_from_row(row: Any) -> Service:
     labels = json.loads(row.labels or "{}")
-    return Service(
-        name=row.name,
-        protocol=row.protocol,
-        port=row.port,
-        labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
-    )
+    return _from_row(Service, row, labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())))
 
 
 def instance_from_row(row: Any) -> Instance:
-    return Instance(
-        id=row.id,
-        service=row.service,
-        address=row.address,
-        inbound_port=row.inbound_port,
-        app_port=row.app_port,
-        weight=row.weight,
-        healthy=bool(row.healthy),
-        proxy=row.proxy,
-        source=row.source,
-    )
+    return _from_row(Instance, row, healthy=bool(row.healthy))
 
 
 def proxy_from_row(row: Any) -> Proxy:
-    return Proxy(
-        name=row.name,
-        kind=row.kind,
-        service=row.service,
-        listen=row.listen,
-        outbound_port=row.outbound_port,
-        revoked=bool(row.revoked),
-        client_ca_pem=row.client_ca_pem,
-        http_redirect_port=row.http_redirect_port,
-    )
+    return _from_row(Proxy, row, revoked=bool(row.revoked))
 
 
 def policy_from_row(row: Any) -> Policy:
-    return Policy(
-        id=row.id,
-        action=row.action,
-        sources=tuple(json.loads(row.sources)),
-        target=row.target,
-        methods=tuple(json.loads(row.methods or "[]")),
+    return _from_row(
+        Policy, row,
+        sources=_json_tuple(row.sources),
+        methods=_json_tuple(row.methods),
         paths=tuple(PathMatch(kind=p["kind"], value=p["value"]) for p in json.loads(row.paths or "[]")),
         headers=_pairs(row.headers),
-        grpc_methods=tuple(json.loads(row.grpc_methods or "[]")),
+        grpc_methods=_json_tuple(row.grpc_methods),
         claims=_pairs(row.claims),
-        mode=row.mode,
-        seq=row.seq,
     )
 
 
@@ -98,37 +79,19 @@ def route_from_row(row: Any) -> EdgeRoute:
     rate = None
     if row.rate_requests:
         rate = RateLimit(requests=row.rate_requests, per_seconds=row.rate_per_seconds or 1)
-    return EdgeRoute(
-        id=row.id,
-        gateway=row.gateway,
-        host=row.host,
-        prefix=row.prefix,
-        service=row.service,
-        auth=row.auth,
-        rate=rate,
-        claims=_pairs(row.claims),
-    )
+    return _from_row(EdgeRoute, row, rate=rate, claims=_pairs(row.claims))
 
 
 def jwt_provider_from_row(row: Any) -> JwtProvider:
-    return JwtProvider(
-        name=row.name,
-        issuer=row.issuer,
-        audiences=tuple(json.loads(row.audiences or "[]")),
-        jwks=row.jwks,
-        jwks_uri=row.jwks_uri,
-    )
+    return _from_row(JwtProvider, row, audiences=_json_tuple(row.audiences))
+
+
+def edge_cert_from_row(row: Any) -> EdgeCert:
+    return _from_row(EdgeCert, row, key_pem_encrypted=row.key_encrypted)
 
 
 def ca_from_row(row: Any) -> CaRecord:
-    return CaRecord(
-        id=row.id,
-        cert_pem=row.cert_pem,
-        chain_pem=row.chain_pem or "",
-        key_encrypted=row.key_encrypted or b"",
-        status=row.status,
-        created_at=row.created_at,
-    )
+    return _from_row(CaRecord, row, chain_pem=row.chain_pem or "", key_encrypted=row.key_encrypted or b"")
 
 
 def load_mesh(conn: Connection) -> Mesh:
@@ -169,43 +132,19 @@ def load_world(engine: Engine) -> World:
 
 def load_world_conn(conn: Connection) -> World:
     s = schema
+
+    def rows(table: Any, *order: str) -> Any:
+        return conn.execute(select(table).order_by(*(table.c[c] for c in order)))
+
     return World(
         revision=current_revision(conn),
         mesh=load_mesh(conn),
-        services={
-            r.name: service_from_row(r)
-            for r in conn.execute(select(s.services).order_by(s.services.c.name))
-        },
-        instances=tuple(
-            instance_from_row(r)
-            for r in conn.execute(select(s.instances).order_by(s.instances.c.id))
-        ),
-        proxies={
-            r.name: proxy_from_row(r)
-            for r in conn.execute(select(s.proxies).order_by(s.proxies.c.name))
-        },
-        policies=tuple(
-            policy_from_row(r) for r in conn.execute(select(s.policies).order_by(s.policies.c.seq))
-        ),
-        routes=tuple(
-            route_from_row(r)
-            for r in conn.execute(
-                select(s.edge_routes).order_by(
-                    s.edge_routes.c.gateway, s.edge_routes.c.host, s.edge_routes.c.prefix
-                )
-            )
-        ),
-        jwt_providers={
-            r.name: jwt_provider_from_row(r)
-            for r in conn.execute(select(s.jwt_providers).order_by(s.jwt_providers.c.name))
-        },
-        edge_certs=tuple(
-            EdgeCert(
-                gateway=r.gateway, host=r.host, cert_pem=r.cert_pem, key_pem_encrypted=r.key_encrypted
-            )
-            for r in conn.execute(
-                select(s.edge_certs).order_by(s.edge_certs.c.gateway, s.edge_certs.c.host)
-            )
-        ),
+        services={r.name: service_from_row(r) for r in rows(s.services, "name")},
+        instances=tuple(instance_from_row(r) for r in rows(s.instances, "id")),
+        proxies={r.name: proxy_from_row(r) for r in rows(s.proxies, "name")},
+        policies=tuple(policy_from_row(r) for r in rows(s.policies, "seq")),
+        routes=tuple(route_from_row(r) for r in rows(s.edge_routes, "gateway", "host", "prefix")),
+        jwt_providers={r.name: jwt_provider_from_row(r) for r in rows(s.jwt_providers, "name")},
+        edge_certs=tuple(edge_cert_from_row(r) for r in rows(s.edge_certs, "gateway", "host")),
         trust_roots_pem=trust_roots(conn),
     )
