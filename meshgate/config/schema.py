@@ -15,6 +15,7 @@ from typing import Any
 
 from meshgate.config.errors import Problem
 from meshgate.config.source import Document
+from meshgate.model import DEFAULT_ACTIONS, MTLS_MODES, PROTOCOLS
 
 SCHEMA_ID = "https://meshgate.dev/schema/config.json"
 
@@ -38,22 +39,21 @@ class KindSpec:
         return next((f for f in self.fields if f.name == name), None)
 
 
-def _f(name: str, type_: str, help_: str, required: bool = False, enum: tuple[str, ...] = ()) -> Field:
-    return Field(name, type_, help_, required, enum)
+_f = Field
 
 
 MESH = KindSpec("Mesh", "Mesh-wide settings (at most one document). Absent fields take their defaults.", (
     _f("trust_domain", "string", "The trust domain fixed at `meshgate init`; if given it must match."),
-    _f("mtls_mode", "string", "strict (default) or permissive.", enum=("strict", "permissive")),
+    _f("mtls_mode", "string", "strict (default) or permissive.", enum=MTLS_MODES),
     _f("default_action", "string", "deny (default) or allow: what happens to calls no policy names.",
-       enum=("deny", "allow")),
+       enum=DEFAULT_ACTIONS),
     _f("cert_ttl", "duration", "Workload certificate lifetime (default 1h; 90s, 30m, 1h30m or seconds)."),
     _f("instance_grace", "duration", "How long a disconnected self-registered instance is kept (default 30s)."),
 ))
 
 SERVICE = KindSpec("Service", "A service: identity spiffe://<trust-domain>/svc/<name>.", (
     _f("name", "string", "DNS label.", required=True),
-    _f("protocol", "string", "http (default), grpc or tcp.", enum=("http", "grpc", "tcp")),
+    _f("protocol", "string", "http (default), grpc or tcp.", enum=PROTOCOLS),
     _f("port", "integer", "The port callers use (default 80)."),
     _f("labels", "string_map", "Labels, KEY: VALUE."),
 ))
