@@ -24,7 +24,7 @@ from meshgate.cli import cli
 from meshgate.fleet.app import App
 from meshgate.fleet.envoy import EnvoyProcess, free_port
 from meshgate.store.db import open_store
-from tests.xds_support import change_instance, instance
+from tests.xds_support import change_instance
 
 pytestmark = pytest.mark.envoy
 
@@ -121,10 +121,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         tokens[name] = json.loads(run("proxy", "add", name, "--service", svc, "--outbound-port", str(port),
                                       "-o", "json"))["token"]
     app = App("orders").start()
-    engine = open_store(str(db))
-    # `instance add` has no --proxy yet: link the sidecar's instance through the store API
-    orders_instance = instance(engine, "orders", orders_in, app.port, proxy="orders-1")
-    engine.dispose()
+    # linked to its sidecar by the CLI: orders-1 serves the inbound side from its first config
+    added = run("instance", "add", "orders", "--address", "127.0.0.1", "--inbound-port", str(orders_in),
+                "--app-port", str(app.port), "--proxy", "orders-1")
+    orders_instance = int(added.split()[1])
     xds_port, admin_port = free_port(), free_port()
     env = {**os.environ, "MESHGATE_DB": str(db)}
     server_log = open(work / "serve.log", "wb")  # noqa: SIM115 - closed in teardown

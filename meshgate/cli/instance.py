@@ -7,9 +7,11 @@ import click
 from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.output import emit, output_option
 from meshgate.cli.params import INT
+from meshgate.errors import Conflict
 from meshgate.store.instances import (
     MAX_WEIGHT,
     add_instance,
+    fronted_by,
     instance_key,
     instance_to_dict,
     list_instances,
@@ -54,26 +56,54 @@ def instance() -> None:
     show_default=True,
     help=f"Load-balancing weight (1-{MAX_WEIGHT}).",
 )
+@click.option(
+    "--proxy",
+    metavar="NAME",
+    help="The sidecar (of SERVICE) in front of this instance: it gets the inbound listener "
+    "and local-app cluster for it. Sidecars that register themselves need no --proxy.",
+)
 @pass_ctx
 def add(
-    ctx: CliContext, service: str, address: str, inbound_port: int, app_port: int, weight: int
+    ctx: CliContext,
+    service: str,
+    address: str,
+    inbound_port: int,
+    app_port: int,
+    weight: int,
+    proxy: str | None,
 ) -> None:
     """Add an instance of SERVICE.
 
-    Exit 1 when the service does not exist or an instance already has this
+    Without --proxy no sidecar serves the instance's inbound side until a
+    sidecar registers it by connecting (its bootstrap made with --address,
+    --inbound-port and --app-port). With --proxy NAME, sidecar NAME serves it
+    as soon as the instance is added; NAME must be a sidecar of SERVICE that
+    fronts no other instance.
+
+    Exit 1 when the service or proxy does not exist, the proxy is not a sidecar
+    of SERVICE or already fronts an instance, or an instance already has this
     address and inbound port.
 
     \b
     Examples:
         meshgate instance add orders --address 127.0.0.1 --inbound-port 15006 --app-port 8080
         meshgate instance add orders --address 10.0.0.8 --inbound-port 15006 --app-port 8080 --weight 3
+        meshgate instance add orders --address 10.0.0.9 --inbound-port 15006 --app-port 8080 --proxy orders-9
     """
     summary = f"instance add {service} {address}:{inbound_port}"
     with write(ctx.engine, summary, ctx.actor) as w:
-        inst = add_instance(w, service, address, inbound_port, app_port, weight)
+        inst = add_instance(w, service, address, inbound_port, app_port, weight, proxy=proxy)
+        other = fronted_by(w.conn, proxy) if proxy is not None else None
+        if other is not None and other.id != inst.id:  # raising rolls the insert back
+            raise Conflict(
+                f'proxy "{proxy}" already fronts instance {other.id} ({instance_key(other)} '
+                f'of service "{other.service}"); a sidecar fronts one instance: remove that '
+                "one first"
+            )
+    via = f', sidecar "{inst.proxy}"' if inst.proxy else ""
     click.echo(
         f'instance {inst.id} added to service "{inst.service}" (revision {w.revision}): '
-        f"{instance_key(inst)} -> app port {inst.app_port}, weight {inst.weight}"
+        f"{instance_key(inst)} -> app port {inst.app_port}, weight {inst.weight}{via}"
     )
 
 

@@ -69,6 +69,7 @@ def validate_instance(
 
 
 def _check_proxy(conn: Connection, proxy: str, service: str) -> None:
+    """NotFound for an unknown proxy; Conflict unless it is a sidecar of `service`."""
     row = conn.execute(
         select(schema.proxies.c.kind, schema.proxies.c.service).where(
             schema.proxies.c.name == proxy
@@ -127,6 +128,14 @@ def add_instance(
     inst = get_instance(conn, new_id)
     record_row(w, schema.instances, inst.id, None)
     return inst
+
+
+def fronted_by(conn: Connection, proxy: str) -> Instance | None:
+    """The instance sidecar `proxy` fronts (the one naming it), or None. A sidecar has one
+    inbound side: translation and self-registration expect one instance per proxy."""
+    i = schema.instances
+    row = conn.execute(select(i).where(i.c.proxy == proxy).order_by(i.c.id)).first()
+    return instance_from_row(row) if row is not None else None
 
 
 def get_instance(conn: Connection, instance_id: int) -> Instance:
