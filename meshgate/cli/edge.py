@@ -9,9 +9,8 @@ import click
 
 from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.edge_certs import cert
-from meshgate.cli.jwt import read_text_file
 from meshgate.cli.output import emit, output_option
-from meshgate.cli.params import INT, require_any
+from meshgate.cli.params import INT, echo_update, read_text_file, require_any
 from meshgate.store.edge import (
     add_route,
     format_rate,
@@ -122,10 +121,7 @@ def update(ctx: CliContext, name: str, listen: str | None, http_redirect_port: A
     with write(ctx.engine, f"edge update {name}", ctx.actor) as w:
         before = get_gateway(w.conn, name)
         after = update_gateway(w, name, now=time.time(), **changes)
-    if after == before:
-        click.echo(f'edge gateway "{name}" unchanged')
-    else:
-        click.echo(f'edge gateway "{name}" updated (revision {w.revision})')
+    echo_update(f'edge gateway "{name}"', after != before, w.revision)
 
 
 def _gateway_listing(conn: Any, gw: Any, identity: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import click
 from meshgate.ca.keys import load_keybox
 from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.output import emit, output_option
-from meshgate.cli.params import INT
+from meshgate.cli.params import INT, read_text_file
 from meshgate.errors import ValidationError, Violation
 from meshgate.store.db import resolve_url
 from meshgate.store.edge_certs import (
@@ -42,8 +42,6 @@ def cert() -> None:
 def _read(path: str | None, field: str, what: str) -> str:
     if path is None:
         raise ValidationError([Violation(field, f"required: the {what} file (PEM)")])
-    from meshgate.cli.jwt import read_text_file
-
     return read_text_file(path, field) or ""
 
 

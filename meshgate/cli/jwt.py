@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
 
 from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.output import emit, output_option
-from meshgate.cli.params import require_any
-from meshgate.errors import ValidationError, Violation
+from meshgate.cli.params import echo_update, read_text_file, require_any
 from meshgate.model import JwtProvider
 from meshgate.store.jwt import (
     add_jwt_provider,
@@ -42,18 +40,6 @@ def jwt() -> None:
             --jwks-uri https://example.okta.com/oauth2/v1/keys
         meshgate jwt list
     """
-
-
-def read_text_file(path: str | None, field: str) -> str | None:
-    """The file's text, or ValidationError naming `field` (unreadable, not UTF-8)."""
-    if path is None:
-        return None
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValidationError([Violation(field, f"{path}: not UTF-8 text")]) from None
-    except OSError as exc:
-        raise ValidationError([Violation(field, f"{path}: {exc.strerror or exc}")]) from None
 
 
 def _jwks_options(f: Any) -> Any:
@@ -121,10 +107,7 @@ def update(ctx: CliContext, name: str, issuer: str | None, audiences: tuple[str,
         before = get_jwt_provider(w.conn, name)
         p = update_jwt_provider(w, name, issuer=issuer, audiences=list(audiences) or None,
                                 jwks=jwks, jwks_uri=jwks_uri)
-    if p == before:
-        click.echo(f'JWT provider "{name}" unchanged')
-    else:
-        click.echo(f'JWT provider "{name}" updated (revision {w.revision})')
+    echo_update(f'JWT provider "{name}"', p != before, w.revision)
 
 
 @jwt.command("list")

@@ -8,7 +8,7 @@ import click
 
 from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.output import emit, output_option
-from meshgate.cli.params import LenientChoice, describe_update, require_any
+from meshgate.cli.params import LenientChoice, describe_update, echo_update, require_any
 from meshgate.durations import format_duration
 from meshgate.model import DEFAULT_ACTIONS, MTLS_MODES, Mesh
 from meshgate.store.mesh import get_mesh, mesh_to_dict, update_mesh
@@ -112,10 +112,5 @@ def set_(
             cert_ttl=cert_ttl,
             instance_grace=instance_grace,
         )
-    if w.revision is None:
-        click.echo("mesh unchanged")
-        return
-    click.echo(
-        f"mesh updated (revision {w.revision}): "
-        + describe_update(_table_view(before, 0), _table_view(after, 0))
-    )
+    echo_update("mesh", w.revision is not None, w.revision,
+                describe_update(_table_view(before, 0), _table_view(after, 0)))

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import click
 from click.shell_completion import CompletionItem
+
+from meshgate.errors import ValidationError, Violation
 
 _INT = re.compile(r"^[+-]?[0-9]+$")  # ASCII digits: int() also reads "٨٠" and "８０"
 
@@ -70,3 +73,24 @@ def describe_update(before: dict[str, Any], after: dict[str, Any]) -> str:
         if before.get(k) != after.get(k)
     ]
     return ", ".join(parts)
+
+
+def echo_update(what: str, changed: bool, revision: int | None, change: str | None = None) -> None:
+    """`<what> unchanged`, or `<what> updated (revision N)` and, if given, what changed."""
+    if not changed:
+        click.echo(f"{what} unchanged")
+    else:
+        click.echo(f"{what} updated (revision {revision})" + (f": {change}" if change is not None else ""))
+
+
+def read_text_file(path: str | None, field: str) -> str | None:
+    """The file's text (None without a path), or ValidationError naming `field`
+    (unreadable, not UTF-8)."""
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValidationError([Violation(field, f"{path}: not UTF-8 text")]) from None
+    except OSError as exc:
+        raise ValidationError([Violation(field, f"{path}: {exc.strerror or exc}")]) from None

@@ -8,7 +8,7 @@ import click
 
 from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.output import emit, output_option
-from meshgate.cli.params import INT, LenientChoice, describe_update, require_any
+from meshgate.cli.params import INT, LenientChoice, describe_update, echo_update, require_any
 from meshgate.model import PROTOCOLS, Service
 from meshgate.store.instances import (
     instance_counts,
@@ -172,11 +172,8 @@ def update(
         after = update_service(
             w, name, protocol=protocol, port=port, set_labels=list(labels), unset_labels=unset
         )
-    if w.revision is None:
-        click.echo(f'service "{name}" unchanged')
-        return
-    change = describe_update(service_to_dict(before), service_to_dict(after))
-    click.echo(f'service "{name}" updated (revision {w.revision}): {change}')
+    echo_update(f'service "{name}"', w.revision is not None, w.revision,
+                describe_update(service_to_dict(before), service_to_dict(after)))
 
 
 @service.command("remove")
