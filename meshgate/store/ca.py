@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 
 from meshgate.store import schema
-from meshgate.store.rows import read_row, record_row
+from meshgate.store.rows import read_row, record_row, update_row
 from meshgate.store.txn import Write
 
 ROTATION_KEY = "ca.rotation"
@@ -125,12 +125,9 @@ def insert_ca(
 def set_status(w: Write, row: CaRow, status: str) -> CaRow:
     if row.status == status:
         return row
-    t = schema.ca_certs
-    before = read_row(w.conn, t, row.id)
-    w.conn.execute(update(t).where(t.c.id == row.id).values(status=status))
+    update_row(w, schema.ca_certs, row.id, status=status)
     new = get_ca(w.conn, row.id)
     assert new is not None
-    record_row(w, t, row.id, before)
     return new
 
 

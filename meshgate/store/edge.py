@@ -20,14 +20,14 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, insert, select
 
 from meshgate.durations import parse_duration
 from meshgate.errors import AlreadyExists, Conflict, NotFound
 from meshgate.model import EdgeRoute, Proxy, RateLimit
 from meshgate.policy.paths import rule_path_problems
 from meshgate.store import schema
-from meshgate.store.rows import read_row, record_row
+from meshgate.store.rows import delete_row, record_row
 from meshgate.store.txn import Write
 from meshgate.store.world import proxy_from_row, route_from_row
 from meshgate.validation import Checker, is_hostname
@@ -317,7 +317,5 @@ def add_route(
 
 def remove_route(w: Write, route_id: str) -> EdgeRoute:
     r = get_route(w.conn, route_id)
-    before = read_row(w.conn, schema.edge_routes, route_id)
-    w.conn.execute(delete(schema.edge_routes).where(schema.edge_routes.c.id == route_id))
-    record_row(w, schema.edge_routes, route_id, before)
+    delete_row(w, schema.edge_routes, route_id)
     return r

@@ -31,14 +31,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, insert, select, update
 
 from meshgate.ca import authority
 from meshgate.ca.keys import KeyBox
 from meshgate.errors import NotFound
 from meshgate.store import schema
 from meshgate.store.edge import get_gateway, host_matches, is_host_pattern
-from meshgate.store.rows import read_row, record_row
+from meshgate.store.rows import delete_row, read_row, record_row
 from meshgate.store.txn import Write
 from meshgate.validation import Checker
 
@@ -292,9 +292,5 @@ def remove_cert(w: Write, gateway: str, host: str) -> CertInfo:
     if row is None:
         raise NotFound(f'edge gateway "{gateway}" has no certificate for host "{host}"')
     info = _info_from_row(row)
-    t = schema.edge_certs
-    key = {"gateway": gateway, "host": row.host}
-    before = read_row(w.conn, t, key)
-    w.conn.execute(delete(t).where(t.c.gateway == gateway, t.c.host == row.host))
-    record_row(w, t, key, before)
+    delete_row(w, schema.edge_certs, {"gateway": gateway, "host": row.host})
     return info

@@ -15,14 +15,14 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from meshgate.ca import authority
 from meshgate.errors import Conflict
 from meshgate.model import Proxy
 from meshgate.store import schema
 from meshgate.store.edge import get_gateway
-from meshgate.store.rows import read_row, record_row
+from meshgate.store.rows import update_row
 from meshgate.store.txn import Write
 from meshgate.validation import Checker, split_host_port
 
@@ -112,10 +112,7 @@ def add_gateway(
 
 
 def _set(w: Write, before: Proxy, **values: Any) -> Proxy:
-    p = schema.proxies
-    row_before = read_row(w.conn, p, before.name)
-    w.conn.execute(update(p).where(p.c.name == before.name).values(**values))
-    record_row(w, p, before.name, row_before)
+    update_row(w, schema.proxies, before.name, **values)
     return get_gateway(w.conn, before.name)
 
 

@@ -27,12 +27,12 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, insert, select
 
 from meshgate.errors import AlreadyExists, Conflict, NotFound
 from meshgate.model import JwtProvider
 from meshgate.store import schema
-from meshgate.store.rows import read_row, record_row
+from meshgate.store.rows import delete_row, record_row, update_row
 from meshgate.store.txn import Write
 from meshgate.store.world import jwt_provider_from_row
 from meshgate.validation import Checker, is_hostname, is_ip
@@ -306,10 +306,7 @@ def update_jwt_provider(
     )
     if new == cur:
         return cur
-    t = schema.jwt_providers
-    before = read_row(w.conn, t, name)
-    w.conn.execute(update(t).where(t.c.name == name).values(**_values(new)))
-    record_row(w, t, name, before)
+    update_row(w, schema.jwt_providers, name, **_values(new))
     return new
 
 
@@ -328,7 +325,5 @@ def remove_jwt_provider(w: Write, name: str) -> JwtProvider:
         raise Conflict(
             f'JWT provider "{name}" is used by edge route(s) {shown}: remove or change them first'
         )
-    before = read_row(w.conn, schema.jwt_providers, name)
-    w.conn.execute(delete(schema.jwt_providers).where(schema.jwt_providers.c.name == name))
-    record_row(w, schema.jwt_providers, name, before)
+    delete_row(w, schema.jwt_providers, name)
     return p

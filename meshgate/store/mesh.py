@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, select
 
 from meshgate.durations import format_duration, parse_duration
 from meshgate.errors import AlreadyExists
@@ -26,7 +26,7 @@ from meshgate.model import (
     Mesh,
 )
 from meshgate.store import schema
-from meshgate.store.rows import read_row, record_row
+from meshgate.store.rows import record_row, update_row
 from meshgate.store.txn import Write
 from meshgate.store.world import load_mesh, mesh_from_row
 from meshgate.validation import Checker
@@ -141,16 +141,6 @@ def update_mesh(
     )
     if new == current:
         return current
-    before = read_row(w.conn, schema.mesh, 1)
-    w.conn.execute(
-        update(schema.mesh)
-        .where(schema.mesh.c.id == 1)
-        .values(
-            mtls_mode=new.mtls_mode,
-            default_action=new.default_action,
-            cert_ttl_seconds=new.cert_ttl_seconds,
-            instance_grace_seconds=new.instance_grace_seconds,
-        )
-    )
-    record_row(w, schema.mesh, 1, before)
+    update_row(w, schema.mesh, 1, mtls_mode=new.mtls_mode, default_action=new.default_action,
+               cert_ttl_seconds=new.cert_ttl_seconds, instance_grace_seconds=new.instance_grace_seconds)
     return new

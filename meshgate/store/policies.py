@@ -18,13 +18,13 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, func, insert, select
 
 from meshgate.errors import AlreadyExists, Conflict, NotFound
 from meshgate.model import Policy
 from meshgate.policy.validate import ANY_SOURCE, EDGE_PREFIX, check_policy
 from meshgate.store import schema
-from meshgate.store.rows import read_row, record_row
+from meshgate.store.rows import delete_row, record_row
 from meshgate.store.txn import Write
 from meshgate.store.world import load_world_conn, policy_from_row
 
@@ -142,7 +142,5 @@ def add_policy(w: Write, p: Policy, *, allow_unknown: bool = False) -> Policy:
 
 def remove_policy(w: Write, policy_id: str) -> Policy:
     p = get_policy(w.conn, policy_id)
-    before = read_row(w.conn, schema.policies, policy_id)
-    w.conn.execute(delete(schema.policies).where(schema.policies.c.id == policy_id))
-    record_row(w, schema.policies, policy_id, before)
+    delete_row(w, schema.policies, policy_id)
     return p

@@ -19,14 +19,14 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, insert, select
 
 from meshgate.errors import AlreadyExists, Conflict, NotFound
 from meshgate.model import DEFAULT_OUTBOUND_PORT, PROXY_KINDS, Proxy
 from meshgate.store import schema
 from meshgate.store import status as store_status
 from meshgate.store.ports import check_outbound_port
-from meshgate.store.rows import read_row, record_row
+from meshgate.store.rows import delete_row, record_row, update_row
 from meshgate.store.txn import Write
 from meshgate.store.world import proxy_from_row
 from meshgate.validation import Checker
@@ -136,10 +136,8 @@ def rotate_token(w: Write, name: str) -> tuple[Proxy, str]:
     proxy = get_proxy(w.conn, name)
     if proxy.revoked:
         raise Conflict(f'proxy "{name}" is revoked; remove it and add it again for a new token')
-    before = read_row(w.conn, schema.proxies, name)
     token = new_token()
-    w.conn.execute(update(schema.proxies).where(schema.proxies.c.name == name).values(token_hash=hash_token(token)))
-    record_row(w, schema.proxies, name, before)
+    update_row(w, schema.proxies, name, token_hash=hash_token(token))
     return proxy, token
 
 
@@ -148,9 +146,7 @@ def revoke_proxy(w: Write, name: str) -> tuple[Proxy, bool]:
     proxy = get_proxy(w.conn, name)
     if proxy.revoked:
         return proxy, False
-    before = read_row(w.conn, schema.proxies, name)
-    w.conn.execute(update(schema.proxies).where(schema.proxies.c.name == name).values(revoked=True))
-    record_row(w, schema.proxies, name, before)
+    update_row(w, schema.proxies, name, revoked=True)
     return get_proxy(w.conn, name), True
 
 
@@ -158,7 +154,6 @@ def remove_proxy(w: Write, name: str) -> Proxy:
     """Remove a proxy and its status rows. Refused while edge routes use the gateway;
     instances it registered stay (unlinked), recorded as updates."""
     proxy = get_proxy(w.conn, name)
-    before = read_row(w.conn, schema.proxies, name)
     routes = [r.id for r in w.conn.execute(
         select(schema.edge_routes.c.id).where(schema.edge_routes.c.gateway == name).order_by(schema.edge_routes.c.id)
     )]
@@ -169,12 +164,9 @@ def remove_proxy(w: Write, name: str) -> Proxy:
         )
     i = schema.instances
     for inst_id in w.conn.execute(select(i.c.id).where(i.c.proxy == name).order_by(i.c.id)).scalars().all():
-        inst_before = read_row(w.conn, i, inst_id)
-        w.conn.execute(update(i).where(i.c.id == inst_id).values(proxy=None))
-        record_row(w, i, inst_id, inst_before)
+        update_row(w, i, inst_id, proxy=None)
     store_status.delete_for_proxy(w.conn, name)
-    w.conn.execute(delete(schema.proxies).where(schema.proxies.c.name == name))
-    record_row(w, schema.proxies, name, before)
+    delete_row(w, schema.proxies, name)
     return proxy
 
 

@@ -13,6 +13,9 @@ Repositories call `record_row` after they changed a row:
     w.conn.execute(update(schema.services)...)
     record_row(w, schema.services, "orders", before)   # reads `after`, picks the op
 
+or, for one row by its key, `update_row(w, schema.services, "orders", port=8081)` and
+`delete_row(w, schema.services, "orders")`, which do both.
+
 Redacted columns (`REDACTED`) are recorded as a marker instead of their value:
 a CA's sealed private key never lands in the revision log (CA rows are not
 restored by rollback, see meshgate/store/revisions.py).
@@ -24,7 +27,7 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection, LargeBinary, Table, and_, select
+from sqlalchemy import Connection, LargeBinary, Table, and_, delete, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from meshgate.store.txn import Write
@@ -112,3 +115,17 @@ def record_row(
     text_key = key if isinstance(key, str) else row_key(table, key_values(table, key))
     w.record(table.name, text_key, op, before=before, after=after)
     return after
+
+
+def update_row(w: Write, table: Table, key: str | int | Mapping[str, Any], **values: Any) -> None:
+    """UPDATE the row with primary key `key` and record the change (none if nothing differs)."""
+    before = read_row(w.conn, table, key)
+    w.conn.execute(update(table).where(key_clause(table, key)).values(**values))
+    record_row(w, table, key, before)
+
+
+def delete_row(w: Write, table: Table, key: str | int | Mapping[str, Any]) -> None:
+    """DELETE the row with primary key `key` and record its removal."""
+    before = read_row(w.conn, table, key)
+    w.conn.execute(delete(table).where(key_clause(table, key)))
+    record_row(w, table, key, before)

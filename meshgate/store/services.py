@@ -20,13 +20,13 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, insert, select
 
 from meshgate.errors import AlreadyExists, Conflict, NotFound
 from meshgate.model import PROTOCOLS, Service
 from meshgate.store import schema
 from meshgate.store.ports import check_tcp_service_port
-from meshgate.store.rows import read_row, record_row
+from meshgate.store.rows import read_row, record_row, update_row
 from meshgate.store.txn import Write
 from meshgate.store.world import service_from_row
 from meshgate.validation import Checker
@@ -180,18 +180,8 @@ def update_service(
         return current
     if new.protocol == "tcp":
         check_tcp_service_port(w.conn, name, new.port)  # no duplicate local listener (ports.py)
-    before = read_row(w.conn, schema.services, name)
-    w.conn.execute(
-        update(schema.services)
-        .where(schema.services.c.name == name)
-        .values(
-            protocol=new.protocol,
-            port=new.port,
-            labels=json.dumps(dict(new.labels), sort_keys=True),
-            updated_at=time.time(),
-        )
-    )
-    record_row(w, schema.services, name, before)
+    update_row(w, schema.services, name, protocol=new.protocol, port=new.port,
+               labels=json.dumps(dict(new.labels), sort_keys=True), updated_at=time.time())
     return new
 
 
