@@ -27,7 +27,7 @@ from meshgate.errors import AlreadyExists, Conflict, NotFound
 from meshgate.model import EdgeRoute, Proxy, RateLimit
 from meshgate.policy.paths import rule_path_problems
 from meshgate.store import schema
-from meshgate.store.rows import delete_row, record_row
+from meshgate.store.rows import delete_row, first_free, record_row
 from meshgate.store.txn import Write
 from meshgate.store.world import proxy_from_row, route_from_row
 from meshgate.validation import Checker, is_hostname
@@ -240,18 +240,6 @@ def list_routes(conn: Connection, gateway: str | None = None) -> list[EdgeRoute]
     return [route_from_row(r) for r in conn.execute(q)]
 
 
-def _free_id(conn: Connection, gateway: str, service: str) -> str:
-    base = f"{gateway}-{service}"[:59].rstrip("-")
-    t = schema.edge_routes
-    taken = set(conn.execute(select(t.c.id).where(t.c.id.like(base + "%"))).scalars())
-    if base not in taken:
-        return base
-    n = 2
-    while f"{base}-{n}" in taken:
-        n += 1
-    return f"{base}-{n}"
-
-
 def add_route(
     w: Write,
     gateway: Any,
@@ -295,7 +283,7 @@ def add_route(
         )
     if r.id and _route_row(conn, r.id) is not None:
         raise AlreadyExists(f'edge route "{r.id}" already exists')
-    route_id = r.id or _free_id(conn, r.gateway, r.service)
+    route_id = r.id or first_free(conn, t.c.id, f"{r.gateway}-{r.service}"[:59].rstrip("-"))
     r = EdgeRoute(**{**r.__dict__, "id": route_id})
     conn.execute(
         insert(t).values(

@@ -24,7 +24,7 @@ from meshgate.errors import AlreadyExists, Conflict, NotFound
 from meshgate.model import Policy
 from meshgate.policy.validate import ANY_SOURCE, EDGE_PREFIX, check_policy
 from meshgate.store import schema
-from meshgate.store.rows import delete_row, record_row
+from meshgate.store.rows import delete_row, first_free, record_row
 from meshgate.store.txn import Write
 from meshgate.store.world import load_world_conn, policy_from_row
 
@@ -66,18 +66,7 @@ def base_id(p: Policy) -> str:
 
 def generate_id(conn: Connection, p: Policy) -> str:
     """The first free id of `base_id(p)`, `-2`, `-3`, ... (deterministic, readable)."""
-    base = base_id(p)
-    taken = set(
-        conn.execute(
-            select(schema.policies.c.id).where(schema.policies.c.id.like(base + "%"))
-        ).scalars()
-    )
-    if base not in taken:
-        return base
-    n = 2
-    while f"{base}-{n}" in taken:
-        n += 1
-    return f"{base}-{n}"
+    return first_free(conn, schema.policies.c.id, base_id(p))
 
 
 def _row(conn: Connection, policy_id: str) -> Any:

@@ -129,3 +129,15 @@ def delete_row(w: Write, table: Table, key: str | int | Mapping[str, Any]) -> No
     before = read_row(w.conn, table, key)
     w.conn.execute(delete(table).where(key_clause(table, key)))
     record_row(w, table, key, before)
+
+
+def first_free(conn: Connection, column: Any, base: str) -> str:
+    """`base` if no row of `column`'s table has it, else the first free `base-2`, `base-3`, ...
+    (deterministic, readable ids)."""
+    taken = set(conn.execute(select(column).where(column.like(base + "%"))).scalars())
+    if base not in taken:
+        return base
+    n = 2
+    while f"{base}-{n}" in taken:
+        n += 1
+    return f"{base}-{n}"
