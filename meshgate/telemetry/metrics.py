@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import (
@@ -138,17 +138,11 @@ class MeshCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         hub = self.hub
         now = hub.clock()
-        e_req = CounterMetricFamily("meshgate_edge_requests", "Requests from caller to callee "
-                                    "by status class (caller's sidecar).",
-                                    labels=["caller", "callee", "code_class"])
-        e_rps = GaugeMetricFamily("meshgate_edge_requests_per_second",
-                                  "Request rate over the telemetry window.",
-                                  labels=["caller", "callee"])
-        e_ok = GaugeMetricFamily("meshgate_edge_success_ratio",
-                                 "Non-5xx share over the telemetry window.",
-                                 labels=["caller", "callee"])
-        e_lat = GaugeMetricFamily("meshgate_edge_latency_ms", "Latency quantiles over the window.",
-                                  labels=["caller", "callee", "quantile"])
+        traffic = _Traffic("meshgate_edge", ["caller", "callee"], (
+            "Requests from caller to callee by status class (caller's sidecar).",
+            "Request rate over the telemetry window.",
+            "Non-5xx share over the telemetry window.",
+            "Latency quantiles over the window."))
         e_den = CounterMetricFamily("meshgate_edge_denied", "Denied requests (access logs).",
                                     labels=["caller", "callee"])
         e_tls = CounterMetricFamily("meshgate_edge_tls_failures",
@@ -159,21 +153,14 @@ class MeshCollector(Collector):
                                        labels=["caller", "callee"])
         for row in hub.edges(now):
             lab = [row["caller"], row["callee"]]
-            for cls, v in row["status_total"].items():
-                e_req.add_metric(lab + [cls], v)
-            e_rps.add_metric(lab, row["rps"])
-            if row["success_rate"] is not None:
-                e_ok.add_metric(lab, row["success_rate"])
-            for q in ("p50", "p90", "p99"):
-                if row[f"{q}_ms"] is not None:
-                    e_lat.add_metric(lab + ["0." + q[1:]], row[f"{q}_ms"])
+            traffic.add(lab, row)
             e_den.add_metric(lab, row["denied_total"])
             e_tls.add_metric(lab, row["tls_failures_total"])
         for (caller, callee), buckets in hub.edge_latency_totals().items():
             bs = [(_le(b), float(c)) for b, c in sorted(buckets.cumulative.items())]
             bs.append(("+Inf", float(buckets.count)))
             e_hist.add_metric([caller, callee], bs, buckets.total_ms)
-        yield from (e_req, e_rps, e_ok, e_lat, e_den, e_tls, e_hist)
+        yield from (*traffic.families(), e_den, e_tls, e_hist)
         yield from self._services(now)
         den = CounterMetricFamily("meshgate_denials", "Denials by kind and rule id.",
                                   labels=["caller", "callee", "kind", "rule"])
@@ -201,16 +188,11 @@ class MeshCollector(Collector):
                                       value=hub.writer.dropped)
 
     def _services(self, now: float) -> Iterator[Metric]:
-        s_req = CounterMetricFamily("meshgate_service_requests",
-                                    "Inbound requests by status class (service's sidecars).",
-                                    labels=["service", "code_class"])
-        s_rps = GaugeMetricFamily("meshgate_service_requests_per_second",
-                                  "Inbound request rate over the window.", labels=["service"])
-        s_ok = GaugeMetricFamily("meshgate_service_success_ratio",
-                                 "Inbound non-5xx share over the window.", labels=["service"])
-        s_lat = GaugeMetricFamily("meshgate_service_latency_ms",
-                                  "Inbound latency quantiles over the window.",
-                                  labels=["service", "quantile"])
+        traffic = _Traffic("meshgate_service", ["service"], (
+            "Inbound requests by status class (service's sidecars).",
+            "Inbound request rate over the window.",
+            "Inbound non-5xx share over the window.",
+            "Inbound latency quantiles over the window."))
         s_rbac = CounterMetricFamily("meshgate_service_rbac_denied",
                                      "Requests denied by RBAC at the service's sidecars.",
                                      labels=["service"])
@@ -220,18 +202,35 @@ class MeshCollector(Collector):
                                     "Inbound TLS handshake failures.", labels=["service"])
         for row in self.hub.services(now):
             lab = [row["service"]]
-            for cls, v in row["status_total"].items():
-                s_req.add_metric(lab + [cls], v)
-            s_rps.add_metric(lab, row["rps"])
-            if row["success_rate"] is not None:
-                s_ok.add_metric(lab, row["success_rate"])
-            for q in ("p50", "p90", "p99"):
-                if row[f"{q}_ms"] is not None:
-                    s_lat.add_metric(lab + ["0." + q[1:]], row[f"{q}_ms"])
+            traffic.add(lab, row)
             s_rbac.add_metric(lab, row["rbac_denied_total"])
             s_jwt.add_metric(lab, row["jwt_denied_total"])
             s_tls.add_metric(lab, row["tls_failures_total"])
-        yield from (s_req, s_rps, s_ok, s_lat, s_rbac, s_jwt, s_tls)
+        yield from (*traffic.families(), s_rbac, s_jwt, s_tls)
+
+
+class _Traffic:
+    """The families edges and services both have, from their rows (TelemetryHub.edges,
+    .services): requests by status class, request rate, success ratio, latency quantiles."""
+
+    def __init__(self, prefix: str, labels: list[str], helps: tuple[str, str, str, str]) -> None:
+        self.requests = CounterMetricFamily(f"{prefix}_requests", helps[0], labels=[*labels, "code_class"])
+        self.rps = GaugeMetricFamily(f"{prefix}_requests_per_second", helps[1], labels=labels)
+        self.success = GaugeMetricFamily(f"{prefix}_success_ratio", helps[2], labels=labels)
+        self.latency = GaugeMetricFamily(f"{prefix}_latency_ms", helps[3], labels=[*labels, "quantile"])
+
+    def add(self, lab: list[str], row: dict[str, Any]) -> None:
+        for cls, v in row["status_total"].items():
+            self.requests.add_metric(lab + [cls], v)
+        self.rps.add_metric(lab, row["rps"])
+        if row["success_rate"] is not None:
+            self.success.add_metric(lab, row["success_rate"])
+        for q in ("p50", "p90", "p99"):
+            if row[f"{q}_ms"] is not None:
+                self.latency.add_metric(lab + ["0." + q[1:]], row[f"{q}_ms"])
+
+    def families(self) -> tuple[Metric, ...]:
+        return self.requests, self.rps, self.success, self.latency
 
 
 def _le(bound: float) -> str:
