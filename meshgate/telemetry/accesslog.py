@@ -49,7 +49,9 @@ _FLAG_NAMES = {
 
 
 @dataclass(frozen=True)
-class Denial:
+class _Request:
+    """What both a denial and a failure say about the request (or TCP connection)."""
+
     at: float
     proxy: str
     caller: str | None
@@ -58,6 +60,10 @@ class Denial:
     method: str | None
     path: str | None
     status: int | None
+
+
+@dataclass(frozen=True)
+class Denial(_Request):
     rule_id: str | None
     reason: str
     kind: str  # rbac | jwt | ratelimit | audit | tcp
@@ -72,15 +78,7 @@ class Denial:
 
 
 @dataclass(frozen=True)
-class Failure:
-    at: float
-    proxy: str
-    caller: str | None
-    callee: str | None
-    route: str | None
-    method: str | None
-    path: str | None
-    status: int | None
+class Failure(_Request):
     flags: str
     details: str
     mesh_caller: bool = False
@@ -144,6 +142,24 @@ def _time(common, fallback: float) -> float:  # type: ignore[no-untyped-def]
     return fallback
 
 
+def _request(common, proxy: str, node_service: str | None, now: float,  # type: ignore[no-untyped-def]
+             method: str | None = None, path: str | None = None, status: int | None = None) -> dict[str, Any]:
+    """The `_Request` fields of an entry (keyword arguments for Denial and Failure)."""
+    return {
+        "at": _time(common, now), "proxy": proxy, "caller": _caller(common),
+        "mesh_caller": _mesh_caller(common),
+        "callee": _callee(common, node_service), "route": common.route_name or None,
+        "method": method, "path": path, "status": status,
+    }
+
+
+def _rbac_denial(base: dict[str, Any], rule: str, kind: str, default_deny: str = "") -> Denial:
+    """An RBAC denial by `rule` (from the response details), or by no rule: default deny."""
+    if rule and rule != "none":
+        return Denial(**base, rule_id=rule, reason=f"denied by rule {rule}", kind=kind)
+    return Denial(**base, rule_id=None, reason="no rule allows it (default deny)" + default_deny, kind=kind)
+
+
 def _shadow(meta: dict[str, str], result: str) -> tuple[bool, str | None]:
     """Did any RBAC filter's shadow engine decide `result`? And by which rule
     (a filter whose decision named a rule wins over one that did not)."""
@@ -163,26 +179,16 @@ def read_http_entry(entry, proxy: str, node_service: str | None,  # type: ignore
     status = resp.response_code.value if resp.HasField("response_code") else None
     details = resp.response_code_details
     flags = response_flags(common)
-    base: dict[str, Any] = {
-        "at": _time(common, now), "proxy": proxy, "caller": _caller(common),
-        "mesh_caller": _mesh_caller(common),
-        "callee": _callee(common, node_service), "route": common.route_name or None,
-        "method": base_pb2.RequestMethod.Name(req.request_method) if req.request_method else None,
-        "path": req.path or None, "status": status,
-    }
+    base = _request(common, proxy, node_service, now,
+                    base_pb2.RequestMethod.Name(req.request_method) if req.request_method else None,
+                    req.path or None, status)
     denial: Denial | None = None
     meta = _rbac_metadata(common)
     m = _RBAC_DETAILS.match(details)
     if m:
-        rule = m.group(1)
-        if rule and rule != "none":
-            denial = Denial(**base, rule_id=rule, reason=f"denied by rule {rule}", kind="rbac")
-        else:
-            reason = "no rule allows it (default deny)"
-            _, audit_rule = _shadow(meta, "allowed")
-            if audit_rule:
-                reason += f"; audit rule {audit_rule} would allow it"
-            denial = Denial(**base, rule_id=None, reason=reason, kind="rbac")
+        _, audit_rule = _shadow(meta, "allowed")
+        denial = _rbac_denial(base, m.group(1), "rbac",
+                              f"; audit rule {audit_rule} would allow it" if audit_rule else "")
     elif (j := _JWT_DETAILS.match(details)) is not None:
         denial = Denial(**base, rule_id=None, reason="jwt: " + j.group(1).replace("_", " "),
                         kind="jwt")
@@ -207,19 +213,10 @@ def read_tcp_entry(entry, proxy: str, node_service: str | None, now: float  # ty
     common = entry.common_properties
     details = common.connection_termination_details
     flags = response_flags(common)
-    base: dict[str, Any] = {
-        "at": _time(common, now), "proxy": proxy, "caller": _caller(common),
-        "mesh_caller": _mesh_caller(common),
-        "callee": _callee(common, node_service), "route": common.route_name or None,
-        "method": None, "path": None, "status": None,
-    }
+    base = _request(common, proxy, node_service, now)
     m = _RBAC_DETAILS.match(details)
     if m:
-        rule = m.group(1)
-        if rule and rule != "none":
-            return Denial(**base, rule_id=rule, reason=f"denied by rule {rule}", kind="tcp"), None
-        return Denial(**base, rule_id=None, reason="no rule allows it (default deny)",
-                      kind="tcp"), None
+        return _rbac_denial(base, m.group(1), "tcp"), None
     if flags:
         return None, Failure(**base, flags=flags, details=details)
     return None, None
