@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -28,24 +30,42 @@ from meshgate.validation import Checker
 
 DEFAULT_SERVER = "127.0.0.1:18000"
 DEFAULT_ADMIN_PORT = 9901
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def proxy_options(token_use: str, admin_port: Callable[[F], F]) -> Callable[[F], F]:
+    """The options `proxy bootstrap` and `proxy run` share (run passes them on to
+    bootstrap): `token_use` ends --rotate-token's help, `admin_port` is the command's
+    own --admin-port option, placed where both list it."""
+    options: list[Callable[[Any], Any]] = [
+        click.option("--token", envvar="MESHGATE_PROXY_TOKEN", metavar="TOKEN",
+                     help="The proxy's join token (from `proxy add`; env MESHGATE_PROXY_TOKEN)."),
+        click.option("--rotate-token", is_flag=True,
+                     help=f"Make a new token for the proxy and {token_use} it (the old one stops working)."),
+        click.option("--server", "servers", multiple=True, metavar="HOST:PORT",
+                     help=f"Control-plane address; repeat for several replicas (default {DEFAULT_SERVER})."),
+        admin_port,
+        click.option("--sotw", is_flag=True, help="State-of-the-world ADS instead of delta."),
+        click.option("--insecure-plaintext", is_flag=True,
+                     help="No TLS to the control plane (only for `serve --insecure-plaintext-loopback`)."),
+        click.option("--address",
+                     help="Self-registration: the instance's address (with --inbound-port, --app-port)."),
+        click.option("--inbound-port", type=INT, help="Self-registration: the sidecar's inbound (mTLS) port."),
+        click.option("--app-port", type=INT, help="Self-registration: the app's local port."),
+    ]
+
+    def apply(f: F) -> F:
+        for option in reversed(options):  # the first listed ends up first in --help
+            f = option(f)
+        return f
+
+    return apply
 
 
 @click.command("bootstrap")
 @click.argument("name")
-@click.option("--token", envvar="MESHGATE_PROXY_TOKEN", metavar="TOKEN",
-              help="The proxy's join token (from `proxy add`; env MESHGATE_PROXY_TOKEN).")
-@click.option("--rotate-token", is_flag=True,
-              help="Make a new token for the proxy and embed it (the old one stops working).")
-@click.option("--server", "servers", multiple=True, metavar="HOST:PORT",
-              help=f"Control-plane address; repeat for several replicas (default {DEFAULT_SERVER}).")
-@click.option("--admin-port", type=INT, default=DEFAULT_ADMIN_PORT, show_default=True,
-              help="Envoy's admin port (bound to 127.0.0.1).")
-@click.option("--sotw", is_flag=True, help="State-of-the-world ADS instead of delta.")
-@click.option("--insecure-plaintext", is_flag=True,
-              help="No TLS to the control plane (only for `serve --insecure-plaintext-loopback`).")
-@click.option("--address", help="Self-registration: the instance's address (with --inbound-port, --app-port).")
-@click.option("--inbound-port", type=INT, help="Self-registration: the sidecar's inbound (mTLS) port.")
-@click.option("--app-port", type=INT, help="Self-registration: the app's local port.")
+@proxy_options("embed", click.option("--admin-port", type=INT, default=DEFAULT_ADMIN_PORT, show_default=True,
+                                     help="Envoy's admin port (bound to 127.0.0.1)."))
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write to this file (mode 0600) instead of standard output.")
 @pass_ctx

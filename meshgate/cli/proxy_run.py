@@ -17,7 +17,7 @@ import click
 
 from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.params import INT
-from meshgate.cli.proxy_bootstrap import DEFAULT_SERVER, bootstrap
+from meshgate.cli.proxy_bootstrap import bootstrap, proxy_options
 from meshgate.fleet.envoy import free_port
 from meshgate.fleet.run import LOG_LEVELS, envoy_command, run_foreground
 from meshgate.validation import Checker
@@ -25,19 +25,8 @@ from meshgate.validation import Checker
 
 @click.command("run", context_settings={"ignore_unknown_options": True})
 @click.argument("name")
-@click.option("--token", envvar="MESHGATE_PROXY_TOKEN", metavar="TOKEN",
-              help="The proxy's join token (from `proxy add`; env MESHGATE_PROXY_TOKEN).")
-@click.option("--rotate-token", is_flag=True,
-              help="Make a new token for the proxy and use it (the old one stops working).")
-@click.option("--server", "servers", multiple=True, metavar="HOST:PORT",
-              help=f"Control-plane address; repeat for several replicas (default {DEFAULT_SERVER}).")
-@click.option("--admin-port", type=INT, help="Envoy's admin port on 127.0.0.1 (default: a free port, printed).")
-@click.option("--sotw", is_flag=True, help="State-of-the-world ADS instead of delta.")
-@click.option("--insecure-plaintext", is_flag=True,
-              help="No TLS to the control plane (only for `serve --insecure-plaintext-loopback`).")
-@click.option("--address", help="Self-registration: the instance's address (with --inbound-port, --app-port).")
-@click.option("--inbound-port", type=INT, help="Self-registration: the sidecar's inbound (mTLS) port.")
-@click.option("--app-port", type=INT, help="Self-registration: the app's local port.")
+@proxy_options("use", click.option("--admin-port", type=INT,
+                                   help="Envoy's admin port on 127.0.0.1 (default: a free port, printed)."))
 @click.option("--concurrency", type=INT, default=1, show_default=True, help="Envoy worker threads.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True,
               help="Envoy's log level.")
