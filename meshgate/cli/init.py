@@ -75,14 +75,15 @@ def init(
     """
     # Check every field before anything touches the disk.
     validate_mesh(trust_domain, mtls_mode, default_action, cert_ttl, instance_grace)
-    path = sqlite_path(resolve_url(ctx.db))
+    url = resolve_url(ctx.db)
+    path = sqlite_path(url)
     created = path is not None and not path.exists()
-    key_path = key_file_path(resolve_url(ctx.db))
+    key_path = key_file_path(url)
     key_created = key_path is not None and not key_path.exists()
     try:
         engine = open_store(ctx.db, must_exist=False)
         try:
-            keybox = create_keybox(resolve_url(ctx.db))
+            keybox = create_keybox(url)
             with write(engine, f"init mesh {trust_domain}", ctx.actor) as w:
                 mesh = create_mesh(
                     w, trust_domain, mtls_mode, default_action, cert_ttl, instance_grace

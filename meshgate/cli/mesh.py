@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.output import emit, output_option
 from meshgate.cli.params import LenientChoice, describe_update, echo_update, require_any
-from meshgate.durations import format_duration
-from meshgate.model import DEFAULT_ACTIONS, MTLS_MODES, Mesh
-from meshgate.store.mesh import get_mesh, mesh_to_dict, update_mesh
+from meshgate.model import DEFAULT_ACTIONS, MTLS_MODES
+from meshgate.store.mesh import get_mesh, mesh_settings, mesh_to_dict, update_mesh
 from meshgate.store.txn import current_revision, write
 
 
@@ -24,17 +21,6 @@ def mesh() -> None:
         meshgate mesh show
         meshgate mesh set --mtls-mode permissive
     """
-
-
-def _table_view(m: Mesh, revision: int) -> dict[str, Any]:
-    return {
-        "trust_domain": m.trust_domain,
-        "mtls_mode": m.mtls_mode,
-        "default_action": m.default_action,
-        "cert_ttl": format_duration(m.cert_ttl_seconds),
-        "instance_grace": format_duration(m.instance_grace_seconds),
-        "revision": revision,
-    }
 
 
 @mesh.command("show")
@@ -54,7 +40,7 @@ def show(ctx: CliContext, output: str) -> None:
         m = get_mesh(conn)
         revision = current_revision(conn)
     if output == "table":
-        emit(_table_view(m, revision), output, title="mesh")
+        emit({**mesh_settings(m), "revision": revision}, output, title="mesh")
     else:
         emit({**mesh_to_dict(m), "revision": revision}, output)
 
@@ -113,4 +99,4 @@ def set_(
             instance_grace=instance_grace,
         )
     echo_update("mesh", w.revision is not None, w.revision,
-                describe_update(_table_view(before, 0), _table_view(after, 0)))
+                describe_update(mesh_settings(before), mesh_settings(after)))

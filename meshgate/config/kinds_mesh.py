@@ -10,7 +10,6 @@ from sqlalchemy import Connection
 
 from meshgate.config import schema as S
 from meshgate.config.handler import MESH_KEY, Effects, Handler, drop_empty
-from meshgate.durations import format_duration
 from meshgate.errors import ValidationError, Violation
 from meshgate.model import Instance, JwtProvider, Mesh, PathMatch, Policy, Service
 from meshgate.store.txn import Write
@@ -49,13 +48,9 @@ class MeshHandler(Handler):
         )
 
     def fields(self, m: Mesh) -> dict[str, Any]:
-        return {
-            "trust_domain": m.trust_domain,
-            "mtls_mode": m.mtls_mode,
-            "default_action": m.default_action,
-            "cert_ttl": format_duration(m.cert_ttl_seconds),
-            "instance_grace": format_duration(m.instance_grace_seconds),
-        }
+        from meshgate.store.mesh import mesh_settings
+
+        return mesh_settings(m)
 
     def update(self, w: Write, old: Mesh, new: Mesh, fx: Effects) -> None:
         from meshgate.store.mesh import update_mesh

@@ -41,6 +41,17 @@ def mesh_to_dict(mesh: Mesh) -> dict[str, Any]:
     return asdict(mesh)
 
 
+def mesh_settings(mesh: Mesh) -> dict[str, Any]:
+    """The mesh as users write it, durations as text (`mesh show`, config export)."""
+    return {
+        "trust_domain": mesh.trust_domain,
+        "mtls_mode": mesh.mtls_mode,
+        "default_action": mesh.default_action,
+        "cert_ttl": format_duration(mesh.cert_ttl_seconds),
+        "instance_grace": format_duration(mesh.instance_grace_seconds),
+    }
+
+
 def _seconds(v: Checker, field: str, value: Any, low: int, high: int) -> int | None:
     """A duration (int seconds or text like `1h`) within [low, high], else a violation."""
     try:
