@@ -64,6 +64,7 @@ from meshgate.xds.translate.index import WorldIndex
 from meshgate.xds.translate.limits import apply_request_limits, limit_listener_buffer
 from meshgate.xds.translate.names import service_cluster_name
 from meshgate.xds.translate.plan import Plan, run
+from meshgate.xds.translate.routes import no_route_virtual_host
 
 HTTPS_LISTENER = "edge-https"
 HTTP_LISTENER = "edge-http"
@@ -313,20 +314,7 @@ def edge_route_config(index: WorldIndex, routes: list[EdgeRoute]) -> Generated:
     for host in hosts:
         mine = sorted((r for r in routes if r.host == host), key=lambda r: (-len(r.prefix), r.prefix))
         vhosts.append(rc.VirtualHost(name=host, domains=[host], routes=[_route(index, r, with_jwt) for r in mine]))
-    vhosts.append(
-        rc.VirtualHost(
-            name="no-route",
-            domains=["*"],
-            routes=[
-                rc.Route(
-                    match=rc.RouteMatch(prefix="/"),
-                    direct_response=rc.DirectResponseAction(
-                        status=404, body=base_pb2.DataSource(inline_string=NO_ROUTE_BODY)
-                    ),
-                )
-            ],
-        )
-    )
+    vhosts.append(no_route_virtual_host(NO_ROUTE_BODY))
     config = route_pb2.RouteConfiguration(name=ROUTE_CONFIG, virtual_hosts=vhosts)
     sources = tuple(f"route:{r.id}" for r in routes) + tuple(
         f"policy:{p.id}" for p in world.policies

@@ -42,7 +42,8 @@ def service_virtual_host(service: Service) -> rc.VirtualHost:
     )
 
 
-def no_route_virtual_host() -> rc.VirtualHost:
+def no_route_virtual_host(body: str = NO_ROUTE_BODY) -> rc.VirtualHost:
+    """The catch-all virtual host: 404 with `body` for a host no other virtual host names."""
     return rc.VirtualHost(
         name="no-route",
         domains=["*"],
@@ -50,7 +51,7 @@ def no_route_virtual_host() -> rc.VirtualHost:
             rc.Route(
                 match=rc.RouteMatch(prefix="/"),
                 direct_response=rc.DirectResponseAction(
-                    status=404, body=base_pb2.DataSource(inline_string=NO_ROUTE_BODY)
+                    status=404, body=base_pb2.DataSource(inline_string=body)
                 ),
             )
         ],
