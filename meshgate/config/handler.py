@@ -29,7 +29,8 @@ class Handler:
     replaces: ClassVar[bool] = False
 
     def key(self, obj: Any) -> str:
-        raise NotImplementedError
+        """What identifies `obj` among its kind: its name, unless the kind says otherwise."""
+        return str(obj.name)
 
     def current(self, conn: Connection) -> dict[str, Any]:
         """key -> model object, for every object of this kind that is config."""

@@ -17,9 +17,6 @@ from meshgate.store.txn import Write
 class GatewayHandler(Handler):
     spec = S.GATEWAY
 
-    def key(self, obj: Proxy) -> str:
-        return obj.name
-
     def current(self, conn: Connection) -> dict[str, Any]:
         from meshgate.store.proxies import list_proxies
 
@@ -71,9 +68,6 @@ class GatewayHandler(Handler):
 
 class SidecarHandler(Handler):
     spec = S.SIDECAR
-
-    def key(self, obj: Proxy) -> str:
-        return obj.name
 
     def current(self, conn: Connection) -> dict[str, Any]:
         from meshgate.store.proxies import list_proxies

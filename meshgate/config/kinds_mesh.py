@@ -62,9 +62,6 @@ class MeshHandler(Handler):
 class ServiceHandler(Handler):
     spec = S.SERVICE
 
-    def key(self, obj: Service) -> str:
-        return obj.name
-
     def current(self, conn: Connection) -> dict[str, Any]:
         from meshgate.store.services import list_services
 
@@ -187,9 +184,6 @@ class PolicyHandler(Handler):
 
 class JwtProviderHandler(Handler):
     spec = S.JWT_PROVIDER
-
-    def key(self, obj: JwtProvider) -> str:
-        return obj.name
 
     def current(self, conn: Connection) -> dict[str, Any]:
         from meshgate.store.jwt import list_jwt_providers
