@@ -149,18 +149,6 @@ class EdgeCert:
 
 
 @dataclass(frozen=True)
-class CaRecord:
-    """A signing CA (root or intermediate) and its place in the rotation."""
-
-    id: int
-    cert_pem: str
-    chain_pem: str  # issuing chain above it, up to the root ("" for a root)
-    key_encrypted: bytes
-    status: Literal["active", "next", "retired", "trusted"]
-    created_at: float
-
-
-@dataclass(frozen=True)
 class World:
     """One immutable read of everything the control plane serves."""
 

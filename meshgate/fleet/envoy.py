@@ -107,11 +107,6 @@ class EnvoyProcess:
         with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - loopback admin
             return r.read().decode()
 
-    def admin_post(self, path: str, timeout: float = 2.0) -> str:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method="POST")
-        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310
-            return r.read().decode()
-
     def wait_live(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

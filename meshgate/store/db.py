@@ -90,10 +90,6 @@ def sqlite_path(url: str) -> Path | None:
     return Path(u.database)
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
-
-
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 

@@ -81,13 +81,6 @@ def list_revisions(conn: Connection, limit: int | None = None) -> list[Revision]
     return [_revision(x) for x in conn.execute(q)]
 
 
-def get_revision(conn: Connection, rev: int) -> Revision:
-    row = conn.execute(select(schema.revisions).where(schema.revisions.c.id == rev)).first()
-    if row is None:
-        raise NotFound(f"revision {rev} not found (see `meshgate history`)")
-    return _revision(row)
-
-
 def _check_rev(conn: Connection, rev: int) -> None:
     latest = current_revision(conn)
     if not 1 <= rev <= latest:

@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, select
 
+from meshgate.ca.authority import root_of
 from meshgate.model import (
-    CaRecord,
     EdgeCert,
     EdgeRoute,
     Instance,
@@ -90,10 +90,6 @@ def edge_cert_from_row(row: Any) -> EdgeCert:
     return _from_row(EdgeCert, row, key_pem_encrypted=row.key_encrypted)
 
 
-def ca_from_row(row: Any) -> CaRecord:
-    return _from_row(CaRecord, row, chain_pem=row.chain_pem or "", key_encrypted=row.key_encrypted or b"")
-
-
 def load_mesh(conn: Connection) -> Mesh:
     row = conn.execute(select(schema.mesh).where(schema.mesh.c.id == 1)).first()
     if row is None:
@@ -113,16 +109,10 @@ def trust_roots(conn: Connection) -> tuple[str, ...]:
     ).all()
     roots: list[str] = []
     for row in rows:
-        pem = _root_of(row.cert_pem, row.chain_pem or "")
+        pem = root_of(row.cert_pem, row.chain_pem or "")
         if pem not in roots:
             roots.append(pem)
     return tuple(roots)
-
-
-def _root_of(cert_pem: str, chain_pem: str) -> str:
-    marker = "-----BEGIN CERTIFICATE-----"
-    chain = [marker + part for part in chain_pem.split(marker)[1:]]
-    return (chain[-1] if chain else cert_pem).strip() + "\n"
 
 
 def load_world(engine: Engine) -> World:
