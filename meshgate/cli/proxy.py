@@ -124,8 +124,10 @@ def list_(ctx: CliContext, kind: str | None, output: str) -> None:
     """
     now = time.time()
     with ctx.engine.connect() as conn:
-        status = store_status.status_rows(conn)
-        rows = [_listing(p, [r for r in status if r["proxy"] == p.name], now) for p in list_proxies(conn, kind)]
+        by_proxy: dict[str, list[dict[str, Any]]] = {}
+        for r in store_status.status_rows(conn):
+            by_proxy.setdefault(r["proxy"], []).append(r)
+        rows = [_listing(p, by_proxy.get(p.name, []), now) for p in list_proxies(conn, kind)]
     emit(rows, output, columns=LIST_COLUMNS)
 
 
