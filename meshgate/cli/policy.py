@@ -16,6 +16,7 @@ from meshgate.policy.check import check
 from meshgate.policy.compile import policy_for
 from meshgate.policy.matrix import access_matrix, callers
 from meshgate.policy.validate import ANY_SOURCE, EDGE_PREFIX, policy_violations
+from meshgate.store.mesh import get_mesh
 from meshgate.store.policies import (
     add_policy,
     get_policy,
@@ -130,7 +131,7 @@ def _add(ctx: CliContext, action: str, sources: tuple[str, ...], target: str,
         raise ValidationError(parse_errors + [v for v in more if v.field not in reported], "policy")
     with write(ctx.engine, f"policy {action} {','.join(p.sources)} -> {target}", ctx.actor) as w:
         added = add_policy(w, p, allow_unknown=allow_unknown)
-        default = load_world_conn(w.conn).mesh.default_action
+        default = get_mesh(w.conn).default_action
     mode = " (audit: logged, not enforced)" if added.mode == "audit" else ""
     click.echo(f'policy "{added.id}" added (revision {w.revision}): {describe(added)}{mode}')
     if action == "allow" and default == "allow":
