@@ -117,9 +117,6 @@ class Serve:
     def wait_ready(self, timeout: float = 30.0) -> None:
         wait_for(f"meshgate serve /healthz ({self.log_path.name})", self.healthy, timeout)
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
