@@ -193,7 +193,9 @@ class Fleet:
         return json.loads(out.read_text())  # type: ignore[no-any-return]
 
     def envoy(self, name: str, bootstrap: dict[str, Any]) -> EnvoyProcess:
-        """Start an Envoy from `bootstrap` (not waiting for it)."""
+        """Start an Envoy from `bootstrap` (not waiting for it); names are unique, so
+        `stop()` reaches every Envoy started."""
+        assert name not in self.envoys, f"an Envoy named {name!r} was started already"
         self.envoys[name] = EnvoyProcess(bootstrap, self.work, name).start()
         return self.envoys[name]
 
