@@ -70,6 +70,10 @@ def test_metrics_and_api_show_xds_and_mesh(stack: Stack) -> None:
     assert 'meshgate_service_rbac_denied_total{service="orders"} 6.0' in text
     assert "meshgate_ca_expiry_timestamp_seconds{" in text
     assert 'meshgate_proxy_certificate_expiry_timestamp_seconds{proxy="orders-1"}' in text
+    # what the server sent and each proxy ACKed over SDS: a leaf valid for the mesh TTL
+    sent = [line for line in text.splitlines()
+            if line.startswith('meshgate_certificate_expiry_timestamp_seconds{proxy="orders-1"}')]
+    assert len(sent) == 1 and float(sent[0].split()[-1]) > time.time()
     proxies = {p["proxy"]: p for p in stack.get("/api/proxies")["proxies"]}
     for name in ("web-1", "orders-1"):
         p = proxies[name]

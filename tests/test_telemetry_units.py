@@ -320,6 +320,8 @@ def test_control_plane_metrics() -> None:
     assert 'meshgate_xds_push_ack_seconds_bucket{le="0.25",type="cds"} 1.0' in text
     assert 'meshgate_xds_push_ack_seconds_bucket{le="0.1",type="cds"} 0.0' in text
     assert 'meshgate_certificate_expiry_timestamp_seconds{proxy="a"} 1234.0' in text
+    m.proxy_disconnected("a")
+    assert 'meshgate_certificate_expiry_timestamp_seconds{proxy="a"}' not in m.render().decode()
     assert short_type("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret") == "sds"
     # two instances do not share a registry
     assert "meshgate_proxies_connected 0.0" in ControlPlaneMetrics().render().decode()

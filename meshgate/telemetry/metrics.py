@@ -86,6 +86,7 @@ class ControlPlaneMetrics:
 
     def proxy_disconnected(self, proxy: str) -> None:
         self._connected.discard(proxy)
+        self.clear_cert_expiry(proxy)  # no stale series for a proxy that left
         self.connected.set(len(self._connected))
         for key in [k for k in self._sent if k[0] == proxy]:
             del self._sent[key]

@@ -67,13 +67,16 @@ class Peer:
 
     def acked(self, type_url: str, version: str, resources: Sequence[Resource] = ()) -> None:
         event(log, "acked", proxy=self.proxy, mode=self.mode, type=types.short(type_url), version=version)
+        facts: dict[str, Any] = {}
+        if type_url == types.SECRET and resources and self.secret_facts is not None:
+            facts = dict(self.secret_facts(resources))
+        not_after = facts.pop("cert_not_after", None)
         if self.ledger is not None:
-            facts: dict[str, Any] = {}
-            if type_url == types.SECRET and resources and self.secret_facts is not None:
-                facts = self.secret_facts(resources)
             self.ledger.acked(self.proxy, types.short(type_url), version, **facts)
         if self.metrics is not None:
             self.metrics.acked(self.proxy, types.short(type_url))
+            if not_after is not None:  # the workload certificate this proxy now presents
+                self.metrics.set_cert_expiry(self.proxy, not_after)
 
     def nacked(self, type_url: str, version: str, message: str, names: Iterable[str],
                resources: Sequence[Resource]) -> None:

@@ -136,6 +136,13 @@ def bundle_fingerprints(secret_body: bytes) -> list[str]:
     return [_fp(c) for c in _certs(s.validation_context.trusted_ca.inline_string)]
 
 
+def identity_not_after(secret_body: bytes) -> float | None:
+    """When the leaf of an identity Secret expires (unix seconds)."""
+    s = secret_pb2.Secret.FromString(secret_body)
+    chain = _certs(s.tls_certificate.certificate_chain.inline_string)
+    return chain[0].not_valid_after_utc.timestamp() if chain else None
+
+
 def identity_issuer(secret_body: bytes, roots_pem: tuple[str, ...]) -> str | None:
     """SHA-256 (DER) of the CA certificate that signed an identity Secret's leaf:
     the next certificate of the chain, else the root whose subject is the leaf's issuer."""

@@ -52,7 +52,13 @@ from meshgate.xds.logs import event
 from meshgate.xds.nacks import NackMemory
 from meshgate.xds.peer import Peer, ProtocolError
 from meshgate.xds.resources import Resource
-from meshgate.xds.secrets import NoSecrets, SecretProvider, bundle_fingerprints, identity_issuer
+from meshgate.xds.secrets import (
+    NoSecrets,
+    SecretProvider,
+    bundle_fingerprints,
+    identity_issuer,
+    identity_not_after,
+)
 from meshgate.xds.sotw import SotwStream
 from meshgate.xds.state import ConfigState
 from meshgate.xds.translate.generated import DEFAULT_OPTIONS, Options
@@ -351,6 +357,9 @@ class XdsServer:
                         issuer = identity_issuer(r.body, roots)
                         if issuer:
                             cached["acked_issuer"] = issuer
+                        not_after = identity_not_after(r.body)
+                        if not_after is not None:
+                            cached["cert_not_after"] = not_after
                 except Exception:  # noqa: BLE001 - facts are best effort, never fatal
                     cached = {}
                 self._facts[r] = cached
