@@ -19,8 +19,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +113,23 @@ class Child:
         return code
 
 
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold SIGINT (a real one, or `_thread.interrupt_main`) until the block is
+    done, then raise KeyboardInterrupt. Only the main thread handles signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
+
+
 class Children:
     def __init__(self, logdir: Path) -> None:
         self.logdir = Path(logdir)
@@ -119,13 +138,15 @@ class Children:
 
     def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Child:
         log = self.logdir / (re.sub(r"[^A-Za-z0-9_.-]+", "-", name) + ".log")
-        with open(log, "ab") as out:
+        # A Ctrl-C between fork and being recorded here would orphan the child
+        # (stop_all cannot stop what it never saw): it is held until then.
+        with _sigint_deferred(), open(log, "ab") as out:
             popen = subprocess.Popen(
                 list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, env=dict(env) if env is not None else None,
             )
-        child = Child(name, popen, log)
-        self.items.append(child)
+            child = Child(name, popen, log)
+            self.items.append(child)
         return child
 
     def pids(self) -> list[int]:
