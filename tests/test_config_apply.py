@@ -264,3 +264,22 @@ def test_a_failing_check_before_commit_writes_nothing(
         engine.dispose()
     assert seen == [3]
     assert db_dump() == before
+
+
+def test_two_instances_naming_one_sidecar_are_refused(
+    initialized: Invoke, tmp_path: Path, db_dump: Callable[[], str]
+) -> None:
+    """A sidecar fronts one instance: apply goes through the same repository check
+    as `instance add --proxy`, and writes nothing."""
+    path = tmp_path / "twice.yaml"
+    path.write_text(
+        "kind: Service\nname: orders\n---\n"
+        "kind: Sidecar\nname: orders-1\nservice: orders\n---\n"
+        "kind: Instance\nservice: orders\naddress: 127.0.0.1\ninbound_port: 15006\napp_port: 8080\nproxy: orders-1\n---\n"
+        "kind: Instance\nservice: orders\naddress: 127.0.0.1\ninbound_port: 15007\napp_port: 8081\nproxy: orders-1\n"
+    )
+    before = db_dump()
+    r = initialized("apply", "-f", str(path))
+    assert r.exit_code == 1, r.output
+    assert 'proxy "orders-1" already fronts instance' in r.output
+    assert db_dump() == before

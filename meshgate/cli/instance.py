@@ -7,11 +7,9 @@ import click
 from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.output import emit, output_option
 from meshgate.cli.params import INT
-from meshgate.errors import Conflict
 from meshgate.store.instances import (
     MAX_WEIGHT,
     add_instance,
-    fronted_by,
     instance_key,
     instance_to_dict,
     list_instances,
@@ -93,13 +91,6 @@ def add(
     summary = f"instance add {service} {address}:{inbound_port}"
     with write(ctx.engine, summary, ctx.actor) as w:
         inst = add_instance(w, service, address, inbound_port, app_port, weight, proxy=proxy)
-        other = fronted_by(w.conn, proxy) if proxy is not None else None
-        if other is not None and other.id != inst.id:  # raising rolls the insert back
-            raise Conflict(
-                f'proxy "{proxy}" already fronts instance {other.id} ({instance_key(other)} '
-                f'of service "{other.service}"); a sidecar fronts one instance: remove that '
-                "one first"
-            )
     via = f', sidecar "{inst.proxy}"' if inst.proxy else ""
     click.echo(
         f'instance {inst.id} added to service "{inst.service}" (revision {w.revision}): '

@@ -96,7 +96,8 @@ def add_instance(
     source: Any = "cli",
 ) -> Instance:
     """Register one replica. NotFound for an unknown service or proxy; AlreadyExists
-    when an instance at the same address and inbound port exists."""
+    when an instance at the same address and inbound port exists; Conflict when
+    `proxy` already fronts another instance."""
     validate_instance(service, address, inbound_port, app_port, weight, proxy, source)
     conn = w.conn
     if conn.execute(
@@ -110,6 +111,13 @@ def add_instance(
         raise AlreadyExists(
             f'instance {endpoint(address, inbound_port)} already exists '
             f'(id {taken.id}, service "{taken.service}")'
+        )
+    other = fronted_by(conn, proxy) if proxy is not None else None
+    if other is not None:  # one inbound side per sidecar (translation, self-registration)
+        raise Conflict(
+            f'proxy "{proxy}" already fronts instance {other.id} '
+            f'({endpoint(other.address, other.inbound_port)} of service "{other.service}"); '
+            "a sidecar fronts one instance: remove that one first"
         )
     result = conn.execute(
         insert(schema.instances).values(
