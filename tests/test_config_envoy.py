@@ -252,28 +252,24 @@ def test_plan_predicts_exactly_what_the_server_pushes(mesh: Mesh) -> None:
 def test_validate_refuses_what_envoy_rejects_and_a_nack_names_its_instance(mesh: Mesh) -> None:
     _back_to_base(mesh)
     port = mesh.web_outbound  # web-1's own outbound listener is on 127.0.0.1:port
-    bad = mesh.base + textwrap.dedent(f"""\
-        ---
-        kind: Instance
-        service: web
-        address: 127.0.0.1
-        inbound_port: {port}
-        app_port: 9
-        proxy: web-1
-        """)
+    # web-1's one instance moves onto that port (a sidecar fronts one instance, so the
+    # file replaces it: --prune drops the old one)
+    bad, moved = re.subn(r"inbound_port: \d+\n(app_port: 9\nproxy: web-1)", f"inbound_port: {port}\n\\1",
+                         mesh.base)
+    assert moved == 1
     path = mesh.file("bad.yaml", bad)
     good_rev = mesh.revision()
-    r = mesh.cli("apply", "-f", path, "--validate", ok=False)
+    r = mesh.cli("apply", "-f", path, "--prune", "--validate", ok=False)
     assert r.exit_code == 1, r.output
     assert "Envoy rejected the configuration of 1 proxy; nothing was changed" in r.output
     assert f"proxy web-1: error adding listener: 'outbound' has duplicate address '127.0.0.1:{port}'" in r.output
     assert mesh.revision() == good_rev
     assert mesh.cli("validate").output.startswith("Envoy accepts the config of 2 proxies")
-    v = mesh.cli("validate", "-f", path, ok=False)
+    v = mesh.cli("validate", "-f", path, "--prune", ok=False)
     assert v.exit_code == 1 and "proxy web-1: error adding listener" in v.output
 
     # applied without --validate: the server pushes it and web-1 NACKs the listener update
-    mesh.cli("apply", "-f", path)
+    mesh.cli("apply", "-f", path, "--prune")
     row = wait_for("the NACK", lambda: (lambda r: r if r.get("nack_open") else None)(mesh.status("web-1")["lds"]))
     assert f"'inbound' has duplicate address '127.0.0.1:{port}'" in row["nack_detail"], row
     assert row["nack_resources"] == ["inbound"]

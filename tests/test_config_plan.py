@@ -152,21 +152,15 @@ def test_validate_names_the_proxy_envoy_rejects(base: Invoke, tmp_path: Path) ->
     # what the store accepts and Envoy refuses: orders-1's instance on 127.0.0.1 at orders-1's
     # own outbound port (two listeners on one address; docs/security.md)
     path = tmp_path / "collision.yaml"
-    path.write_text(BASE + ALLOW + textwrap.dedent("""\
-        ---
-        kind: Instance
-        service: orders
-        address: 127.0.0.1
-        inbound_port: 15002
-        app_port: 8080
-        proxy: orders-1
-        """))
-    r = base("validate", "-f", str(path), "-o", "json")
+    # (a sidecar fronts one instance: orders-1's instance moves there, --prune drops the old)
+    assert (BASE + ALLOW).count("inbound_port: 15010") == 1
+    path.write_text((BASE + ALLOW).replace("inbound_port: 15010", "inbound_port: 15002"))
+    r = base("validate", "-f", str(path), "--prune", "-o", "json")
     assert r.exit_code == 1
     out = json.loads(r.output[: r.output.rindex("}") + 1])
     assert [x["proxy"] for x in out["rejected"]] == ["orders-1"]
     assert "duplicate address '127.0.0.1:15002'" in out["rejected"][0]["reason"]
-    assert base("validate", "--proxy", "web-1", "-f", str(path)).exit_code == 0
+    assert base("validate", "--proxy", "web-1", "-f", str(path), "--prune").exit_code == 0
 
 
 @pytest.mark.envoy
