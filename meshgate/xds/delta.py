@@ -97,14 +97,7 @@ class DeltaStream:
         return [r for r in out if r is not None]
 
     def push(self, snap: Snapshot) -> list[discovery_pb2.DeltaDiscoveryResponse]:
-        out = []
-        for t in types.PUSH_ORDER:
-            st = self.types.get(t)
-            if st is not None:
-                resp = self._respond(t, st, snap, force=False)
-                if resp is not None:
-                    out.append(resp)
-        return out
+        return types.in_push_order(self.types, lambda t, st: self._respond(t, st, snap, force=False))
 
     def _respond(self, t: str, st: _TypeState, snap: Snapshot, *, force: bool) -> discovery_pb2.DeltaDiscoveryResponse | None:
         items = snap.of(t)

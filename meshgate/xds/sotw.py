@@ -83,14 +83,7 @@ class SotwStream:
 
     def push(self, snap: Snapshot) -> list[discovery_pb2.DiscoveryResponse]:
         """What a new snapshot means for this stream, in push order."""
-        out = []
-        for t in types.PUSH_ORDER:
-            st = self.types.get(t)
-            if st is not None:
-                resp = self._respond(t, st, snap, force=False)
-                if resp is not None:
-                    out.append(resp)
-        return out
+        return types.in_push_order(self.types, lambda t, st: self._respond(t, st, snap, force=False))
 
     def _respond(self, t: str, st: _TypeState, snap: Snapshot, *, force: bool) -> discovery_pb2.DiscoveryResponse | None:
         items = snap.of(t)

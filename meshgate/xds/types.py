@@ -8,6 +8,9 @@ listener on a secret that never comes. Envoy itself asks in this order (ENVOY_NO
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
@@ -24,6 +27,21 @@ LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
 
 PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE)
+
+S = TypeVar("S")
+R = TypeVar("R")
+
+
+def in_push_order(subscribed: Mapping[str, S], respond: Callable[[str, S], R | None]) -> list[R]:
+    """`respond(type, state)` for every subscribed type in push order; the responses
+    that are not None (the same walk for state-of-the-world and delta streams)."""
+    out: list[R] = []
+    for t in PUSH_ORDER:
+        if t in subscribed:
+            resp = respond(t, subscribed[t])
+            if resp is not None:
+                out.append(resp)
+    return out
 
 # Short names users see (`proxy status`, `proxy config --type`, proxy_status.type).
 SHORT: dict[str, str] = {CLUSTER: "cds", ENDPOINT: "eds", SECRET: "sds", LISTENER: "lds", ROUTE: "rds"}
