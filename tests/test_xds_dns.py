@@ -10,7 +10,6 @@ shape, its provenance (NACK tracing), and a consistent snapshot without EDS.
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from meshgate.xds.resources import Resource
 from meshgate.xds.snapshot import Snapshot
 from meshgate.xds.translate import WorldIndex, service_parts, translate_proxy
 from meshgate.xds.translate.clusters import DNS_CLUSTER
+from tests.mesh_kit import wait_for
 from tests.xds_support import (
     ServerThread,
     instance,
@@ -82,18 +82,10 @@ def test_a_host_name_instance_makes_a_dns_cluster_with_inline_endpoints() -> Non
 
 
 def _poll(what: str, check: Callable[[], Any], timeout: float = SETTLE) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except OSError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r} {_SEEN}")
+    try:
+        return wait_for(what, check, timeout)
+    except AssertionError as exc:  # say what each caller saw last
+        raise AssertionError(f"{exc} {_SEEN}") from None
 
 
 def _get(port: int, host: str) -> tuple[int, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from meshgate.store.policies import add_policy
 from meshgate.store.services import update_service
 from meshgate.store.txn import write
 from meshgate.store.world import load_world
+from tests.mesh_kit import wait_for
 from tests.xds_support import (
     CDS,
     EDS,
@@ -46,19 +46,6 @@ from tests.xds_support import (
 REWARM_WITHIN = 5.0  # well under Envoy's initial_fetch_timeout (15 s)
 
 
-def _poll(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except OSError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
 
 
 def _http(port: int, host: str) -> bytes:
@@ -107,14 +94,14 @@ def test_changed_cluster_with_same_endpoints_is_warm_at_once(tmp_path: Path, del
                 for e in envoys:
                     e.wait_live()
                 web = envoys[0]
-                _poll("a request over http", lambda: b"200 OK" in _http(web_out, "orders")
+                wait_for("a request over http", lambda: b"200 OK" in _http(web_out, "orders")
                       and b'"service": "orders"' in _http(web_out, "orders"), 15)
                 assert (_active_cluster(web, "svc/orders") or {}).get("health_checks")
                 success = web.stat("cluster_manager.cds.update_success")
 
                 with write(engine, "orders becomes tcp") as w:  # the cluster changes, its endpoints do not
                     update_service(w, "orders", protocol="tcp")
-                _poll("the new cds", lambda: web.stat("cluster_manager.cds.update_success") > success, 5)
+                wait_for("the new cds", lambda: web.stat("cluster_manager.cds.update_success") > success, 5)
 
                 seen: dict[str, Any] = {}
 
@@ -125,11 +112,11 @@ def test_changed_cluster_with_same_endpoints_is_warm_at_once(tmp_path: Path, del
                     return seen["warming"] == 0 and seen["new_config_active"]
 
                 try:
-                    _poll("svc/orders warm with its new config", warm, REWARM_WITHIN)
+                    wait_for("svc/orders warm with its new config", warm, REWARM_WITHIN)
                 except AssertionError as exc:
                     raise AssertionError(f"{exc}; {seen}") from None
                 # bytes flow through the new cluster: web-1's local tcp port -> orders-1 (mTLS) -> the app
-                reply = _poll("a request over tcp", lambda: (lambda r: r if b"200 OK" in r else None)(
+                reply = wait_for("a request over tcp", lambda: (lambda r: r if b"200 OK" in r else None)(
                     _http(orders_port, "orders")), REWARM_WITHIN)
                 assert b'"service": "orders"' in reply
                 assert web.stat("cluster.svc/orders.upstream_cx_total") >= 1
