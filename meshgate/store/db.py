@@ -173,7 +173,10 @@ def exists(engine: Engine) -> bool:
 
 
 def open_store(db: str | None = None, *, must_exist: bool = True) -> Engine:
-    """Open (and upgrade) the store. Refuses a missing database unless told."""
+    """Open (and upgrade) the store. Refuses a missing database unless told.
+
+    Takes no write lock unless a migration is pending (migrations.upgrade), so a
+    read-only command proceeds while another process holds a write open."""
     from meshgate.store import migrations
 
     url = resolve_url(db)
@@ -187,7 +190,7 @@ def open_store(db: str | None = None, *, must_exist: bool = True) -> Engine:
     try:
         migrations.upgrade(engine)
     except OperationalError as exc:
-        if is_locked(exc):  # the migration check takes the write lock (BEGIN IMMEDIATE)
+        if is_locked(exc):  # a pending migration needs the write lock (BEGIN IMMEDIATE)
             raise locked_error() from exc
         raise StoreError(f"cannot open database {safe_url(url)}: {exc.orig}") from exc
     if must_exist and not _has_mesh(engine):
@@ -202,5 +205,5 @@ def _has_mesh(engine: Engine) -> bool:
 
     from meshgate.store.schema import mesh
 
-    with engine.connect() as conn:
+    with reading(engine) as conn:  # no write lock: read-only commands never wait for a writer
         return bool(conn.execute(select(func.count()).select_from(mesh)).scalar())

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from sqlalchemy import Connection, Engine, insert, inspect, select, text
 
 from meshgate.store import schema
+from meshgate.store.db import reading
 
 Step = Callable[[Connection], None]
 
@@ -176,8 +177,26 @@ def _serialize(conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
 
 
+def pending(conn: Connection) -> list[str]:
+    """The steps not yet recorded, in order. Steps recorded by a newer meshgate are
+    not ours to know: an older replica keeps working on the newer schema."""
+    done = applied(conn)
+    return [name for name, _ in STEPS if name not in done]
+
+
 def upgrade(engine: Engine) -> list[str]:
-    """Apply every step not yet recorded, each in its own transaction."""
+    """Apply every step not yet recorded, each in its own transaction.
+
+    First a read that takes no lock (db.reading: deferred on SQLite, never waiting
+    for a writer): when every step is recorded, which is every open but the first
+    after an upgrade, that is all, so opening the store never stalls behind an open
+    write. Only when a step is pending do the writes begin (BEGIN IMMEDIATE on
+    SQLite, MIGRATION_LOCK on PostgreSQL), each step checked again under the lock:
+    another process may have applied it since the read.
+    """
+    with reading(engine) as conn:
+        if not pending(conn):
+            return []
     with engine.begin() as conn:
         _serialize(conn)
         schema.metadata.create_all(conn, tables=[schema.schema_migrations])
