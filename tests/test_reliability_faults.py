@@ -10,20 +10,23 @@
   certificates, which Envoy swaps without touching a listener or a cluster;
 - an Envoy killed with SIGKILL and started from its bootstrap rejoins and gets
   the config it had (same versions ACKed);
-- another process holds the database's write lock: the CLI waits for the busy
-  timeout and fails with one clear line, exit 1; the server keeps serving, and
-  a change made after the lock is released reaches the Envoys.
+- another process holds the database's write lock with an uncommitted insert:
+  read-only commands answer at once with the committed state; a write waits for
+  the busy timeout and fails with one clear line, exit 1; the server keeps
+  serving, and a change made after the lock is released reaches the Envoys.
 
 Tests run in file order on one module fixture (one server, three Envoys).
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -172,19 +175,36 @@ HOLD_LOCK = """
 import sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
 conn.execute("BEGIN IMMEDIATE")            # the write lock, held until stdin closes
-conn.execute("UPDATE mesh SET instance_grace_seconds = instance_grace_seconds")
+conn.execute("INSERT INTO services (name, protocol, port, labels, created_at, updated_at) "
+             "VALUES ('pending', 'http', 80, '{}', 0, 0)")  # never committed
 print("locked", flush=True)
 sys.stdin.read()
 conn.execute("ROLLBACK")
 """
 
 
-def test_a_locked_database_makes_the_cli_wait_then_fail_while_the_server_serves(fleet: Faults) -> None:
+def _cli_process_json(db: object, *args: str) -> Any:
+    """`meshgate --db DB ARGS -o json` as its own process (as a user runs it)."""
+    r = subprocess.run([MESHGATE, "--db", str(db), *args, "-o", "json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return json.loads(r.stdout)
+
+
+def test_a_locked_database_makes_cli_writes_wait_then_fail_while_reads_and_the_server_serve(
+    fleet: Faults,
+) -> None:
     revisions = cli_json(fleet.db, "history")
+    services = cli_json(fleet.db, "service", "list")
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(fleet.db)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        # reads take no lock: they answer while the writer is open, with the committed state
+        assert _cli_process_json(fleet.db, "history") == revisions
+        assert _cli_process_json(fleet.db, "service", "list") == services
+        assert "pending" not in {s["name"] for s in services}
+        assert {r["proxy"] for r in _cli_process_json(fleet.db, "proxy", "status")} == PROXIES
         with fleet.mesh_traffic() as mesh, fleet.edge_traffic() as edge:
             started = time.monotonic()
             r = subprocess.run([MESHGATE, "--db", str(fleet.db), "service", "add", "billing"],

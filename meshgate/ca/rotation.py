@@ -44,6 +44,7 @@ from meshgate.store.ca import (
     set_rotation_state,
     set_status,
 )
+from meshgate.store.db import reading
 from meshgate.store.txn import Write, write
 
 Phase = Literal["idle", "trusting", "reissuing", "retiring"]
@@ -190,7 +191,7 @@ def advance(engine: Engine, now: float, *, actor: str | None = None) -> Phase:
 
 def status(engine: Engine) -> dict[str, Any]:
     """Phase, old/new CA fingerprints and roots, and the proxies the phase waits for."""
-    with engine.connect() as conn:
+    with reading(engine) as conn:  # read-only: never waits for a writer (`ca show`)
         state = rotation_state(conn)
         out: dict[str, Any] = {"phase": state["phase"]}
         if state["phase"] == "idle":

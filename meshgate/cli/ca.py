@@ -14,7 +14,7 @@ from meshgate.ca.keys import load_keybox
 from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.output import emit, output_option
 from meshgate.store.ca import list_cas
-from meshgate.store.db import resolve_url
+from meshgate.store.db import reading, resolve_url
 
 _FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
 _POLL = 0.5
@@ -62,7 +62,7 @@ def show(ctx: CliContext, output: str) -> None:
         meshgate ca show
         meshgate ca show --output json
     """
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         rows = list_cas(conn)
     state = rotation.status(ctx.engine)
     certs = [r.view() for r in rows]

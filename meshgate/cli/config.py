@@ -8,6 +8,7 @@ import click
 
 from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.output import emit, output_option
+from meshgate.store.db import reading
 
 _FILE_HELP = "YAML file of documents (see docs/config.md); '-' reads stdin."
 _OP = {"add": "+", "update": "~", "remove": "-"}
@@ -134,7 +135,7 @@ def export(ctx: CliContext, output: str) -> None:
     from meshgate.config.export import export_docs, to_json, to_yaml
     from meshgate.store.txn import current_revision
 
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         docs = export_docs(conn)
         rev = current_revision(conn)
     click.echo(to_json(docs) if output == "json" else to_yaml(docs, f"revision {rev}").rstrip())

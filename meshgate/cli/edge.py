@@ -11,6 +11,7 @@ from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.edge_certs import cert
 from meshgate.cli.output import emit, output_option
 from meshgate.cli.params import INT, echo_update, read_text_file, require_any
+from meshgate.store.db import reading
 from meshgate.store.edge import (
     add_route,
     format_rate,
@@ -148,7 +149,7 @@ def list_(ctx: CliContext, output: str) -> None:
         meshgate edge list
         meshgate edge list --output json
     """
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         mesh = get_mesh(conn)
         rows = [_gateway_listing(conn, g, mesh.edge_identity(g.name)) for g in list_gateways(conn)]
     emit(rows, output, columns=GATEWAY_COLUMNS)
@@ -167,7 +168,7 @@ def show(ctx: CliContext, name: str, output: str) -> None:
         meshgate edge show public --output yaml
     """
     now = time.time()
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         gw = get_gateway(conn, name)
         identity = get_mesh(conn).edge_identity(name)
         certs = list_certs(conn, name)
@@ -271,7 +272,7 @@ def route_list(ctx: CliContext, gateway: str | None, output: str) -> None:
         meshgate edge route list
         meshgate edge route list --gateway public --output json
     """
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         rows = [route_to_dict(r) for r in list_routes(conn, gateway)]
     emit(rows, output, columns=ROUTE_COLUMNS)
 

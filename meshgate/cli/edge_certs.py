@@ -12,7 +12,7 @@ from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.output import emit, output_option
 from meshgate.cli.params import INT, read_text_file
 from meshgate.errors import ValidationError, Violation
-from meshgate.store.db import resolve_url
+from meshgate.store.db import reading, resolve_url
 from meshgate.store.edge_certs import (
     DEV_CERT_DAYS,
     import_cert,
@@ -125,7 +125,7 @@ def list_(ctx: CliContext, gateway: str | None, output: str) -> None:
         meshgate edge cert list --gateway public --output json
     """
     now = time.time()
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         rows = [c.view(now) for c in list_certs(conn, gateway)]
     emit(rows, output, columns=CERT_COLUMNS)
 

@@ -8,6 +8,7 @@ import click
 
 from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.output import emit, output_option
+from meshgate.store.db import reading
 
 BOOKKEEPING = ("created_at", "updated_at")
 _OP = {"add": "+", "update": "~", "remove": "-"}
@@ -54,7 +55,7 @@ def history(ctx: CliContext, limit: int, with_changes: bool, output: str) -> Non
     """
     from meshgate.store.revisions import list_revisions
 
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         revs = list_revisions(conn, limit)
     if output != "table":
         emit([r.as_dict(with_changes=True) for r in revs], output)
@@ -87,7 +88,7 @@ def diff(ctx: CliContext, rev_a: int, rev_b: int | None, output: str) -> None:
     """
     from meshgate.store.revisions import net_changes
 
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         changes = net_changes(conn, rev_a, rev_b)
     if output != "table":
         emit(changes, output)
@@ -120,7 +121,7 @@ def rollback(ctx: CliContext, rev: int, yes: bool, output: str) -> None:
     from meshgate.store.revisions import rollback as do_rollback
 
     if not yes:
-        with ctx.engine.connect() as conn:
+        with reading(ctx.engine) as conn:
             undo = net_changes(conn, rev)
         if not undo:
             click.echo(f"nothing to roll back: the state is the same as at revision {rev}")

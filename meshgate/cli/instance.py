@@ -7,6 +7,7 @@ import click
 from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.output import emit, output_option
 from meshgate.cli.params import INT
+from meshgate.store.db import reading
 from meshgate.store.instances import (
     MAX_WEIGHT,
     add_instance,
@@ -110,7 +111,7 @@ def list_(ctx: CliContext, service: str | None, output: str) -> None:
         meshgate instance list
         meshgate instance list --service orders --output json
     """
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         rows = [instance_to_dict(i) for i in list_instances(conn, service)]
     emit(rows, output, columns=LIST_COLUMNS)
 

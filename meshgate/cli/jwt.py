@@ -10,6 +10,7 @@ from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.output import emit, output_option
 from meshgate.cli.params import echo_update, read_text_file, require_any
 from meshgate.model import JwtProvider
+from meshgate.store.db import reading
 from meshgate.store.jwt import (
     add_jwt_provider,
     get_jwt_provider,
@@ -121,7 +122,7 @@ def list_(ctx: CliContext, output: str) -> None:
         meshgate jwt list
         meshgate jwt list --output json
     """
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         rows = [_listing(p, routes_using(conn, p.name)) for p in list_jwt_providers(conn)]
     emit(rows, output, columns=LIST_COLUMNS)
 
@@ -137,7 +138,7 @@ def show(ctx: CliContext, name: str, output: str) -> None:
     Examples:
         meshgate jwt show auth0 --output json
     """
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         p = get_jwt_provider(conn, name)
         record = {**provider_to_dict(p), "routes": routes_using(conn, name)}
     if output == "table":

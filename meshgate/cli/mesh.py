@@ -8,6 +8,7 @@ from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.output import emit, output_option
 from meshgate.cli.params import LenientChoice, describe_update, echo_update, require_any
 from meshgate.model import DEFAULT_ACTIONS, MTLS_MODES
+from meshgate.store.db import reading
 from meshgate.store.mesh import get_mesh, mesh_settings, mesh_to_dict, update_mesh
 from meshgate.store.txn import current_revision, write
 
@@ -36,7 +37,7 @@ def show(ctx: CliContext, output: str) -> None:
         meshgate mesh show
         meshgate mesh show --output json
     """
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         m = get_mesh(conn)
         revision = current_revision(conn)
     if output == "table":

@@ -16,6 +16,7 @@ from meshgate.policy.check import check
 from meshgate.policy.compile import policy_for
 from meshgate.policy.matrix import access_matrix, callers
 from meshgate.policy.validate import ANY_SOURCE, EDGE_PREFIX, policy_violations
+from meshgate.store.db import reading
 from meshgate.store.mesh import get_mesh
 from meshgate.store.policies import (
     add_policy,
@@ -122,7 +123,7 @@ def _add(ctx: CliContext, action: str, sources: tuple[str, ...], target: str,
     )
     if parse_errors:
         # report the flags that could not be read together with every other problem
-        with ctx.engine.connect() as conn:
+        with reading(ctx.engine) as conn:
             world = load_world_conn(conn)
         # a generated id is valid by construction: check the rest with a placeholder
         more = policy_violations(p if p.id else replace(p, id="x"), world,
@@ -213,7 +214,7 @@ def list_(ctx: CliContext, target: str | None, source: str | None, output: str) 
         meshgate policy list
         meshgate policy list --to orders --output json
     """
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         found = list_policies(conn, target=target, source=source)
     if output == "table":
         emit([_listing(p) for p in found], output, columns=LIST_COLUMNS)
@@ -234,7 +235,7 @@ def show(ctx: CliContext, policy_id: str, output: str) -> None:
         meshgate policy show allow-web-to-orders --output yaml
     """
     world = load_world(ctx.engine)
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         p = get_policy(conn, policy_id)
     svc = world.services.get(p.target)
     compiled = policy_for(world, p, http=svc is None or svc.protocol != "tcp")

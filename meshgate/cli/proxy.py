@@ -13,6 +13,7 @@ from meshgate.cli.output import emit, output_option
 from meshgate.cli.params import INT
 from meshgate.model import DEFAULT_OUTBOUND_PORT
 from meshgate.store import status as store_status
+from meshgate.store.db import reading
 from meshgate.store.proxies import (
     add_proxy,
     get_proxy,
@@ -123,7 +124,7 @@ def list_(ctx: CliContext, kind: str | None, output: str) -> None:
         meshgate proxy list --kind edge --output json
     """
     now = time.time()
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         by_proxy: dict[str, list[dict[str, Any]]] = {}
         for r in store_status.status_rows(conn):
             by_proxy.setdefault(r["proxy"], []).append(r)
@@ -164,7 +165,7 @@ def status(ctx: CliContext, name: str | None, output: str) -> None:
         meshgate proxy status orders-1 --output json
     """
     now = time.time()
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         if name is not None:
             get_proxy(conn, name)
         rows = store_status.status_rows(conn, name)
@@ -184,7 +185,7 @@ def show(ctx: CliContext, name: str, output: str) -> None:
         meshgate proxy show orders-1 --output json
     """
     now = time.time()
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         p = get_proxy(conn, name)
         record: dict[str, Any] = proxy_to_dict(p, token_hash_of(conn, name))
         world = load_world_conn(conn)
@@ -262,7 +263,7 @@ def config(ctx: CliContext, name: str, type_: tuple[str, ...]) -> None:
     """
     from meshgate.xds.inspect import proxy_config
 
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         world = load_world_conn(conn)
     click.echo(json.dumps(proxy_config(world, name, type_ or None), indent=2))
 

@@ -21,6 +21,7 @@ from meshgate.cli.params import INT
 from meshgate.errors import Conflict, ValidationError, Violation
 from meshgate.fleet.bootstrap import XDS_CLUSTER, control_plane_identity, render_bootstrap
 from meshgate.model import Instance
+from meshgate.store.db import reading
 from meshgate.store.proxies import get_proxy, verify_token
 from meshgate.store.proxies import rotate_token as rotate_token_
 from meshgate.store.txn import write
@@ -100,7 +101,7 @@ def bootstrap(ctx: CliContext, name: str, token: str | None, rotate_token: bool,
         v.port("--inbound-port", inbound_port)
         v.port("--app-port", app_port)
     v.done()
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         proxy = get_proxy(conn, name)
         if proxy.revoked:  # the server refuses its token: a bootstrap could never connect
             raise Conflict(f'proxy "{name}" is revoked; remove it and add it again for a new token')

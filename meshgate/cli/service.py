@@ -10,6 +10,7 @@ from meshgate.cli.context import CliContext, pass_ctx
 from meshgate.cli.output import emit, output_option
 from meshgate.cli.params import INT, LenientChoice, describe_update, echo_update, require_any
 from meshgate.model import PROTOCOLS, Service
+from meshgate.store.db import reading
 from meshgate.store.instances import (
     instance_counts,
     instance_key,
@@ -95,7 +96,7 @@ def list_(ctx: CliContext, output: str) -> None:
         meshgate service list
         meshgate service list --output json
     """
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         mesh = get_mesh(conn)
         counts = instance_counts(conn)
         rows = [
@@ -117,7 +118,7 @@ def show(ctx: CliContext, name: str, output: str) -> None:
         meshgate service show orders
         meshgate service show orders --output yaml
     """
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         svc = get_service(conn, name)
         identity = get_mesh(conn).service_identity(name)
         instances = list_instances(conn, name)

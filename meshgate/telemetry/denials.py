@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select
 
+from meshgate.store.db import reading
 from meshgate.store.schema import denial_events
 from meshgate.telemetry.accesslog import Denial
 
@@ -84,12 +85,12 @@ def read(engine: Engine, *, since: float | None = None, limit: int = 1000,
         q = q.where(denial_events.c.caller == caller)
     if callee:
         q = q.where(denial_events.c.callee == callee)
-    with engine.connect() as conn:
+    with reading(engine) as conn:  # read-only: never waits for a writer (`events`)
         return [dict(r._mapping) for r in conn.execute(q.limit(limit))]
 
 
 def count(engine: Engine) -> int:
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         return int(conn.execute(select(func.count()).select_from(denial_events)).scalar_one())
 
 
