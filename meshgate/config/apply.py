@@ -27,6 +27,7 @@ from meshgate.config.kinds import HANDLERS, Effects, Handler
 from meshgate.config.schema import describe_doc
 from meshgate.config.source import Document
 from meshgate.errors import MeshgateError, ValidationError
+from meshgate.store.ports import PortConflict
 from meshgate.store.txn import Write, default_actor, write
 
 
@@ -86,6 +87,8 @@ def _doc_problems(doc: Document, exc: MeshgateError, label: str | None = None) -
         return [Problem(f"{doc.where(field_path(v.field))} ({label})",
                         f"{v.field}: {v.message.replace(_CLI_ONLY, '')}")
                 for v in exc.violations]
+    if isinstance(exc, PortConflict):  # a store rule about one field: reported at that field
+        return [Problem(f"{doc.where(field_path(exc.field))} ({label})", f"{exc.field}: {exc.reason}")]
     return [Problem(f"{doc.where()} ({label})", str(exc).replace(_CLI_ONLY, ""))]
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, delete, insert, select
 from meshgate.errors import AlreadyExists, Conflict, NotFound
 from meshgate.model import Instance
 from meshgate.store import schema
+from meshgate.store.ports import check_inbound_port
 from meshgate.store.rows import read_row, record_row
 from meshgate.store.txn import Write
 from meshgate.store.world import instance_from_row
@@ -97,7 +98,9 @@ def add_instance(
 ) -> Instance:
     """Register one replica. NotFound for an unknown service or proxy; AlreadyExists
     when an instance at the same address and inbound port exists; Conflict when
-    `proxy` already fronts another instance."""
+    `proxy` already fronts another instance, or (a PortConflict naming
+    `inbound_port`) when its inbound listener would take a port on 127.0.0.1 that
+    `proxy` listens on locally (store/ports.py)."""
     validate_instance(service, address, inbound_port, app_port, weight, proxy, source)
     conn = w.conn
     if conn.execute(
@@ -119,6 +122,8 @@ def add_instance(
             f'({endpoint(other.address, other.inbound_port)} of service "{other.service}"); '
             "a sidecar fronts one instance: remove that one first"
         )
+    check_inbound_port(conn, proxy, address, inbound_port,
+                       subject=f'instance {endpoint(address, inbound_port)} of service "{service}"')
     result = conn.execute(
         insert(schema.instances).values(
             service=service,

@@ -22,6 +22,9 @@ Never rolled back (security and runtime state, listed in the result as notes):
   one of them took is refused, not overwritten).
 A restore that breaks a constraint (for example an instance address now taken
 by a self-registered instance) is refused with the row named; nothing changes.
+So is a result where a sidecar would listen twice on one address: a kept
+self-registered instance on 127.0.0.1 whose inbound port is the outbound port
+or a tcp service port brought back (store/ports.py).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, 
 from sqlalchemy.exc import IntegrityError
 
 from meshgate.errors import Conflict, NotFound
-from meshgate.store import schema
+from meshgate.store import ports, schema
 from meshgate.store.rows import from_json, key_clause, read_row, record_row, row_key
 from meshgate.store.txn import current_revision, write
 
@@ -254,6 +257,12 @@ def rollback(engine: Engine, rev: int, actor: str | None = None) -> RollbackResu
             except Conflict as exc:
                 raise Conflict(f"cannot restore {c['kind']} {c['key']!r} as of revision {rev}: "
                                f"{exc}; nothing was changed") from exc
+        # kept runtime state (self-registered instances) next to restored sidecars and
+        # services can make a sidecar listen twice on one address (store/ports.py)
+        clashes = ports.collisions(w.conn)
+        if clashes:
+            raise Conflict(f"cannot roll back to revision {rev}: {'; '.join(clashes)}; "
+                           f"{ports.WHY_INBOUND}; nothing was changed")
         _fix_sequences(w.conn)
         res.changes = list(w.changes)
     res.revision = w.revision

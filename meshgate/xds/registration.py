@@ -12,8 +12,10 @@ A sidecar's bootstrap declares its instance in node metadata
 - Metadata that is malformed, or contradicts the store (another kind, another
   service), refuses the stream with INVALID_ARGUMENT naming every bad field; an
   address:port held by another live instance refuses it with
-  FAILED_PRECONDITION. Envoy logs the message and retries, so a broken sidecar
-  is loud instead of silently serving without an inbound side.
+  FAILED_PRECONDITION, and so does an inbound port on 127.0.0.1 that the sidecar
+  listens on locally already (its outbound port, a tcp service's port: Envoy
+  would NACK the listener; store/ports.py). Envoy logs the message and retries,
+  so a broken sidecar is loud instead of silently serving without an inbound side.
 - When its last stream ends, the sweep (every second) marks the instance
   `disconnected_at`; after the mesh's `instance_grace_seconds` it is removed. A
   reconnect within the grace keeps it (the mark is cleared).
@@ -48,6 +50,7 @@ from meshgate.errors import AlreadyExists, MeshgateError
 from meshgate.model import Proxy
 from meshgate.store import schema
 from meshgate.store.instances import add_instance, endpoint
+from meshgate.store.ports import PortConflict, check_inbound_port
 from meshgate.store.rows import read_row, record_row
 from meshgate.store.txn import Write, write
 from meshgate.validation import Checker
@@ -273,6 +276,12 @@ class Registrar:
                     f'"{taken.service}", by {owner}); give this sidecar another --inbound-port, '
                     f"or remove that instance",
                 )
+        try:  # before add_instance or a move: the same rule, named as the bootstrap's field
+            check_inbound_port(conn, proxy, claim.address, claim.inbound_port,
+                               subject=f'node metadata of proxy "{proxy}"', field=f"{META}.instance.inbound_port",
+                               option="--inbound-port for its bootstrap")
+        except PortConflict as exc:
+            raise StreamRefused("FAILED_PRECONDITION", str(exc)) from exc
         if mine is None:
             add_instance(w, claim.service, claim.address, claim.inbound_port, claim.app_port,
                          proxy=proxy, source="proxy")
