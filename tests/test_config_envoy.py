@@ -1,9 +1,11 @@
 """Config as code against a real `meshgate serve` (subprocess, TLS) and two real Envoys:
 - a plan's predicted per-proxy resource versions are exactly what the server then pushes;
-- `apply --validate` refuses a config Envoy rejects (web-1's instance on 127.0.0.1 at
-  web-1's own outbound port passes meshgate's validation, Envoy refuses two listeners
-  on one address); applied anyway, the NACK in `proxy status` names the Instance it
-  came from, and a rollback resolves it;
+- `apply --validate` refuses a config Envoy rejects: web-1's Envoy has a listener of
+  its own on 127.0.0.1 (its operator's, in its bootstrap: tests/foreign_listener.py),
+  which meshgate cannot know, and web-1's instance moves onto that port (the store
+  refuses the collisions it can see: tests/test_local_ports.py); applied anyway,
+  the NACK in `proxy status` names the Instance it came from, and a rollback
+  resolves it;
 - a rollback restores a removed allow rule and real requests pass again.
 """
 
@@ -31,6 +33,7 @@ from meshgate.config.plan import make_plan, resource_versions
 from meshgate.fleet.app import App
 from meshgate.fleet.envoy import EnvoyProcess, free_port
 from meshgate.store.db import open_store
+from tests.foreign_listener import envoy_with, foreign_listener
 from tests.test_xds_envoy import get, wait_for
 
 pytestmark = pytest.mark.envoy
@@ -45,6 +48,7 @@ class Mesh:
     web_outbound: int
     orders_inbound: int
     app: App
+    reserved: int  # web-1's Envoy has a listener of its own on 127.0.0.1:reserved
 
     def cli(self, *args: str, ok: bool = True) -> Any:
         result = CliRunner().invoke(cli, ["--db", str(self.db), *args], catch_exceptions=False)
@@ -145,7 +149,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     app = App("orders").start()
     ports = {k: free_port() for k in ("web_in", "web_out", "orders_in", "orders_out")}
     base = base_config(ports["web_in"], ports["web_out"], ports["orders_in"], ports["orders_out"], app.port)
-    m = Mesh(db, work, base, {}, ports["web_out"], ports["orders_in"], app)
+    m = Mesh(db, work, base, {}, ports["web_out"], ports["orders_in"], app, free_port())
     m.cli("init", "--trust-domain", "example.org")
     applied = m.cli("apply", "-f", m.file("base.yaml", base)).output
     tokens = dict(re.findall(r'join token for proxy "([^"]+)" \(shown once, keep it secret\): (\S+)', applied))
@@ -164,7 +168,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             out = work / f"{name}.json"
             m.cli("proxy", "bootstrap", name, "--token", tokens[name], "--server", f"127.0.0.1:{xds_port}",
                   "--admin-port", str(free_port()), "--out", str(out))
-            m.envoys[name] = EnvoyProcess(json.loads(out.read_text()), work, name).start()
+            boot = json.loads(out.read_text())
+            if name == "web-1":  # a listener its operator added, which meshgate does not know
+                boot["static_resources"].setdefault("listeners", []).append(foreign_listener(m.reserved))
+            m.envoys[name] = EnvoyProcess(boot, work, name).start()
         for e in m.envoys.values():
             e.wait_live()
         wait_for("web -> orders", lambda: get(m.web_outbound, "orders")[0] == 200, timeout=20)
@@ -249,9 +256,13 @@ def test_plan_predicts_exactly_what_the_server_pushes(mesh: Mesh) -> None:
     assert get(mesh.web_outbound, "orders")[0] == 200
 
 
-def test_validate_refuses_what_envoy_rejects_and_a_nack_names_its_instance(mesh: Mesh) -> None:
+def test_validate_refuses_what_envoy_rejects_and_a_nack_names_its_instance(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _back_to_base(mesh)
-    port = mesh.web_outbound  # web-1's own outbound listener is on 127.0.0.1:port
+    port = mesh.reserved  # web-1's Envoy has a listener of its own on 127.0.0.1:port
+    # validation runs an Envoy configured like web-1's (with that listener)
+    monkeypatch.setenv("MESHGATE_ENVOY", str(envoy_with(mesh.work, foreign_listener(port))))
     # web-1's one instance moves onto that port (a sidecar fronts one instance, so the
     # file replaces it: --prune drops the old one)
     bad, moved = re.subn(r"inbound_port: \d+\n(app_port: 9\nproxy: web-1)", f"inbound_port: {port}\n\\1",
@@ -262,7 +273,7 @@ def test_validate_refuses_what_envoy_rejects_and_a_nack_names_its_instance(mesh:
     r = mesh.cli("apply", "-f", path, "--prune", "--validate", ok=False)
     assert r.exit_code == 1, r.output
     assert "Envoy rejected the configuration of 1 proxy; nothing was changed" in r.output
-    assert f"proxy web-1: error adding listener: 'outbound' has duplicate address '127.0.0.1:{port}'" in r.output
+    assert f"proxy web-1: error adding listener: 'host-reserved' has duplicate address '127.0.0.1:{port}'" in r.output
     assert mesh.revision() == good_rev
     assert mesh.cli("validate").output.startswith("Envoy accepts the config of 2 proxies")
     v = mesh.cli("validate", "-f", path, "--prune", ok=False)

@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 
 from meshgate.config.envoy_check import static_bootstrap
+from meshgate.fleet.envoy import free_port
 from meshgate.model import Proxy
 from meshgate.store.db import open_store
 from meshgate.store.world import load_world
 from meshgate.xds.translate import translate_proxy
 from tests.config_kit import write_full_config
 from tests.conftest import Invoke
+from tests.foreign_listener import envoy_with, foreign_listener
 
 BASE = textwrap.dedent("""\
     kind: Service
@@ -148,18 +150,20 @@ def test_validate_accepts_every_kind_of_config(initialized: Invoke, tmp_path: Pa
 
 
 @pytest.mark.envoy
-def test_validate_names_the_proxy_envoy_rejects(base: Invoke, tmp_path: Path) -> None:
-    # what the store accepts and Envoy refuses: orders-1's instance on 127.0.0.1 at orders-1's
-    # own outbound port (two listeners on one address; docs/security.md)
+def test_validate_names_the_proxy_envoy_rejects(base: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # what only Envoy can refuse: the Envoy validating has a listener of its own on 127.0.0.1:port
+    # (its operator's, tests/foreign_listener.py), and orders-1's instance moves onto that port
+    port = free_port()
+    monkeypatch.setenv("MESHGATE_ENVOY", str(envoy_with(tmp_path, foreign_listener(port))))
     path = tmp_path / "collision.yaml"
     # (a sidecar fronts one instance: orders-1's instance moves there, --prune drops the old)
     assert (BASE + ALLOW).count("inbound_port: 15010") == 1
-    path.write_text((BASE + ALLOW).replace("inbound_port: 15010", "inbound_port: 15002"))
+    path.write_text((BASE + ALLOW).replace("inbound_port: 15010", f"inbound_port: {port}"))
     r = base("validate", "-f", str(path), "--prune", "-o", "json")
     assert r.exit_code == 1
     out = json.loads(r.output[: r.output.rindex("}") + 1])
     assert [x["proxy"] for x in out["rejected"]] == ["orders-1"]
-    assert "duplicate address '127.0.0.1:15002'" in out["rejected"][0]["reason"]
+    assert f"duplicate address '127.0.0.1:{port}'" in out["rejected"][0]["reason"]
     assert base("validate", "--proxy", "web-1", "-f", str(path), "--prune").exit_code == 0
 
 

@@ -14,13 +14,12 @@ through `edge cert issue`'s, and every proxy's translation (with the options
 (meshgate.config.envoy_check.validate_world, which turns SDS-over-ADS into
 static secrets: Envoy 1.40's validate mode crashes on those).
 
-Service ports and sidecars' outbound ports come from a small pool, so tcp
-services colliding with each other or with an outbound listener are drawn;
-the store refuses those (meshgate/store/ports.py) and the example is dropped.
-One limit remains, and the generator stays clear of it: instance ports are
-distinct from the local ports above (an instance on 127.0.0.1 whose inbound
-port is its own sidecar's outbound port is a duplicate listener: caught by
-`apply --validate`, tests/test_config_envoy.py).
+Service ports, sidecars' outbound ports and some instances' inbound ports come
+from a small pool, so local listeners colliding in one Envoy are drawn: tcp
+services with each other or with an outbound listener, and an instance on
+127.0.0.1 whose inbound port is its own sidecar's outbound port or a tcp
+service's port. The store refuses those (meshgate/store/ports.py) and the
+example is dropped; everything else it accepts must validate.
 """
 
 from __future__ import annotations
@@ -127,18 +126,24 @@ def meshes(draw: Any) -> tuple[list[dict[str, Any]], list[str]]:
     protocols = {n: draw(st.sampled_from(["http", "grpc", "tcp"])) for n in names}
     docs: list[dict[str, Any]] = [{"kind": "Mesh", "mtls_mode": draw(st.sampled_from(["strict", "permissive"])),
                                    "default_action": draw(st.sampled_from(["deny", "allow"]))}]
-    # service and outbound ports from a small pool: a tcp service listens on its port in every
-    # caller's sidecar, so collisions are drawn on purpose (the store refuses them: ports.py)
+    # service, outbound and some inbound ports from a small pool: a tcp service listens on its
+    # port in every caller's sidecar, the inbound listener on the instance's address, so
+    # collisions are drawn on purpose (the store refuses them: ports.py)
     shared = st.sampled_from([15001, 20000, 20001, 5432])
-    port = iter(range(21000, 22000))  # instance ports: distinct
+    port = iter(range(21000, 22000))  # app ports and the other inbound ports: distinct
+    endpoints: set[tuple[str, int]] = set()  # an address:port held twice is another refusal
     for n in names:
         docs.append({"kind": "Service", "name": n, "protocol": protocols[n], "port": draw(shared)})
     for n in names:
         for k in range(draw(st.integers(0 if len(names) > 1 else 1, 2))):
             sidecar = f"{n}-{k}"
             docs.append({"kind": "Sidecar", "name": sidecar, "service": n, "outbound_port": draw(shared)})
-            docs.append({"kind": "Instance", "service": n, "address": draw(st.sampled_from(ADDRESSES)),
-                         "inbound_port": next(port), "app_port": next(port),
+            address, inbound = draw(st.sampled_from(ADDRESSES)), draw(st.one_of(shared, st.just(next(port))))
+            if (address, inbound) in endpoints:
+                inbound = next(port)
+            endpoints.add((address, inbound))
+            docs.append({"kind": "Instance", "service": n, "address": address,
+                         "inbound_port": inbound, "app_port": next(port),
                          "weight": draw(st.integers(1, 100)), "proxy": sidecar})
     gateway = draw(st.integers(0, 9)) < 7
     hosts: list[str] = []
@@ -200,10 +205,10 @@ def test_every_valid_model_compiles_to_config_envoy_accepts(model: tuple[list[di
             except ConfigError as exc:
                 # the one refusal the generator provokes on purpose: colliding local ports
                 # (other problems only follow from it, e.g. an instance of the refused sidecar)
-                assert any(ports.WHY in p.message for p in exc.problems), str(exc)
+                why = (ports.WHY, ports.WHY_INBOUND)
+                assert any(w in p.message for p in exc.problems for w in why), str(exc)
                 follows = ("not found", "unknown service")
-                assert all(ports.WHY in p.message or any(f in p.message for f in follows)
-                           for p in exc.problems), str(exc)
+                assert all(any(w in p.message for w in why + follows) for p in exc.problems), str(exc)
                 reject()
             keybox = load_keybox(str(engine.url))
             with write(engine, "edge certificates") as w:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -217,18 +218,23 @@ def test_cli_changes_reach_envoy_without_restart(mesh: Mesh) -> None:
 
 
 def test_rejected_listener_shows_as_nack_and_is_not_resent(mesh: Mesh) -> None:
-    """A config the store lets through and Envoy refuses: orders-1's instance on 127.0.0.1
-    with its inbound port equal to orders-1's own outbound port (two listeners on one
-    address: docs/security.md, "what is not protected"). A host name address used to be
-    the example here; it now makes a DNS cluster (tests/test_xds_dns.py)."""
+    """A config Envoy refuses that the store cannot know about: orders-1's instance moves
+    to a port another process on its host holds (a plain socket bound and listening on
+    127.0.0.1), so Envoy cannot bind the new inbound listener. (The store refuses the
+    collisions it can see, such as an inbound port equal to the sidecar's own outbound
+    port: tests/test_local_ports.py.)"""
     engine = open_store(str(mesh.db))
-    bad = f"instance:127.0.0.1:{mesh.orders_outbound}"
+    busy = socket.socket()  # not SO_REUSEPORT: Envoy's bind next to it fails
     try:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        bad = f"instance:127.0.0.1:{port}"
         rejected_before = mesh.orders.stat("listener_manager.lds.update_rejected")
-        change_instance(engine, mesh.orders_instance, inbound_port=mesh.orders_outbound)
+        change_instance(engine, mesh.orders_instance, inbound_port=port)
         row = wait_for("the NACK in proxy status", lambda: (lambda r: r if r.get("nack_open") else None)(
             mesh.status("orders-1")["lds"]))  # orders-1 speaks state-of-the-world
-        assert f"'inbound' has duplicate address '127.0.0.1:{mesh.orders_outbound}'" in row["nack_detail"], row
+        assert f"cannot bind '127.0.0.1:{port}': Address already in use" in row["nack_detail"], row
         assert row["nack_resources"] == ["inbound"]
         assert "service:orders" in row["nack_sources"] and bad in row["nack_sources"]
         table = mesh.cli("proxy", "status", "orders-1").output
@@ -252,4 +258,5 @@ def test_rejected_listener_shows_as_nack_and_is_not_resent(mesh: Mesh) -> None:
         wait_for("requests again", lambda: get(mesh.web_outbound, "orders")[0] == 200)
         mesh.cli("service", "remove", "audit")
     finally:
+        busy.close()
         engine.dispose()
