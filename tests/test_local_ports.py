@@ -129,7 +129,7 @@ def test_apply_reports_the_collision_at_the_field(initialized: Invoke, tmp_path:
     path.write_text(CONFIG.replace("inbound_port: 15006", "inbound_port: 15001"))
     out = _refused(initialized, db_dump, "apply", "-f", str(path))
     line = CONFIG.splitlines().index("inbound_port: 15006") + 1
-    assert f'{path}:{line}:15 (Instance "127.0.0.1:15001"): inbound_port: inbound_port 15001 on 127.0.0.1 is ' \
+    assert f'{path}:{line}:15 (Instance "127.0.0.1:15001"): inbound_port: 15001 on 127.0.0.1 is ' \
            f'the outbound port of sidecar "orders-1"; {WHY_INBOUND}' in out, out
     assert "nothing was changed" in out and "--inbound-port" not in out  # the file's field, not the CLI option
 
@@ -140,11 +140,11 @@ def test_apply_reports_the_collision_at_the_field(initialized: Invoke, tmp_path:
     path.write_text(CONFIG.replace("port: 6379", "port: 15006"))
     out = _refused(initialized, db_dump, "apply", "-f", str(path))
     line = CONFIG.splitlines().index("port: 6379") + 1
-    assert f'{path}:{line}:7 (Service "cache"): port: port 15006 is the inbound port of instance 1 ' \
+    assert f'{path}:{line}:7 (Service "cache"): port: 15006 is the inbound port of instance 1 ' \
            '(127.0.0.1:15006), which sidecar "orders-1" fronts' in out, out
     # validate-only paths refuse it too, writing nothing
     out = _refused(initialized, db_dump, "plan", "-f", str(path))
-    assert 'port: port 15006 is the inbound port of instance 1' in out, out
+    assert 'port: 15006 is the inbound port of instance 1' in out, out
 
 
 def test_a_rollback_that_would_collide_is_refused(mesh: Invoke, db: str, db_dump: Callable[[], str]) -> None:

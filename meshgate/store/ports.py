@@ -39,12 +39,14 @@ class PortConflict(Conflict):
     """A port that would be two listeners on one address in one Envoy.
 
     `field` is the input field at fault (`inbound_port`, `port`, `outbound_port`),
-    `reason` the message without the CLI's advice, `str(exc)` the whole message."""
+    `reason` what is wrong with its value (`15001 is the outbound port of ...`);
+    `str(exc)` adds the object and the CLI's advice: `instance ...: inbound_port
+    15001 is ... (pick another --inbound-port)`."""
 
     def __init__(self, subject: str, field: str, reason: str, option: str) -> None:
         self.field = field
         self.reason = reason
-        super().__init__(f"{subject}: {reason} (pick another {option})")
+        super().__init__(f"{subject}: {field} {reason} (pick another {option})")
 
 
 def binds_loopback(address: str) -> bool:
@@ -77,7 +79,7 @@ def check_inbound_port(conn: Connection, proxy: Any, address: Any, port: Any, *,
         return
     owner = local_listener(conn, proxy, port)
     if owner is not None:
-        raise PortConflict(subject, field, f"{field} {port} on {LOOPBACK} is {owner}; {WHY_INBOUND}", option)
+        raise PortConflict(subject, field, f"{port} on {LOOPBACK} is {owner}; {WHY_INBOUND}", option)
 
 
 def check_tcp_service_port(conn: Connection, service: str, port: int) -> None:
@@ -88,20 +90,20 @@ def check_tcp_service_port(conn: Connection, service: str, port: int) -> None:
         select(s.c.name).where(s.c.protocol == "tcp", s.c.port == port, s.c.name != service).order_by(s.c.name)
     ).first()
     if other is not None:
-        raise PortConflict(subject, "port", f'port {port} is the port of tcp service "{other.name}" too; {WHY}',
+        raise PortConflict(subject, "port", f'{port} is the port of tcp service "{other.name}" too; {WHY}',
                            "--port")
     sidecar = conn.execute(
         select(p.c.name).where(p.c.kind == "sidecar", p.c.outbound_port == port).order_by(p.c.name)
     ).first()
     if sidecar is not None:
-        raise PortConflict(subject, "port", f'port {port} is the outbound port of sidecar "{sidecar.name}"; {WHY}',
+        raise PortConflict(subject, "port", f'{port} is the outbound port of sidecar "{sidecar.name}"; {WHY}',
                            "--port")
     for row in conn.execute(
         select(i.c.id, i.c.address, i.c.proxy).where(i.c.inbound_port == port, i.c.proxy.is_not(None)).order_by(i.c.id)
     ):
         if binds_loopback(row.address):
             raise PortConflict(subject, "port",
-                               f'port {port} is the inbound port of instance {row.id} ({LOOPBACK}:{port}), '
+                               f'{port} is the inbound port of instance {row.id} ({LOOPBACK}:{port}), '
                                f'which sidecar "{row.proxy}" fronts; {WHY}', "--port")
 
 
@@ -112,7 +114,7 @@ def check_outbound_port(conn: Connection, proxy: str, port: int) -> None:
     s = schema.services
     tcp = conn.execute(select(s.c.name).where(s.c.protocol == "tcp", s.c.port == port).order_by(s.c.name)).first()
     if tcp is not None:
-        raise PortConflict(f'proxy "{proxy}"', "outbound_port", f'outbound port {port} is the port of tcp service '
+        raise PortConflict(f'proxy "{proxy}"', "outbound_port", f'{port} is the port of tcp service '
                            f'"{tcp.name}"; {WHY}', "--outbound-port")
 
 
