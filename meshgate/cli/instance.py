@@ -80,8 +80,10 @@ def add(
     fronts no other instance.
 
     Exit 1 when the service or proxy does not exist, the proxy is not a sidecar
-    of SERVICE or already fronts an instance, or an instance already has this
-    address and inbound port.
+    of SERVICE or already fronts an instance, an instance already has this
+    address and inbound port, or the address is 127.0.0.1 and the inbound port
+    is one the proxy listens on there already (its --outbound-port, or any tcp
+    service's port): Envoy refuses two listeners on one address.
 
     \b
     Examples:
