@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -146,6 +148,22 @@ def pct(values: list[float], p: float) -> float:
         return float("nan")
     s = sorted(values)
     return s[min(len(s) - 1, max(0, int(round(p / 100 * (len(s) - 1)))))]
+
+
+def bootstrap_ci(rounds: int, statistic: Callable[[list[int]], float], level: float = 0.90,
+                 resamples: int = 2000, seed: int = 11) -> tuple[float, float]:
+    """A percentile-bootstrap confidence interval for `statistic` over rounds: `statistic(idx)`
+    gets a resample of round indices (drawn with replacement, the same indices for every path,
+    so paired comparisons stay paired). Fixed seed: the same figures give the same interval."""
+    import random
+
+    rng = random.Random(seed)
+    values = sorted(statistic([rng.randrange(rounds) for _ in range(rounds)]) for _ in range(resamples))
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    return pct(values, tail), pct(values, 100 - tail)
 
 
 def envoy_version() -> str:

@@ -50,9 +50,62 @@ def test_dataplane_overhead() -> None:
         assert all(finite(row[k]) for k in ("p50", "p90", "p99", "rps", "max_rps"))
         if row["hops"]:
             assert finite(row["added_p99_per_hop"]) and isinstance(row["ratio_p99"], float)
-    assert isinstance(res["target_met"], bool)
+    assert isinstance(res["target_met"], bool) and res["verdict"] in ("met", "not met", "not resolved")
+    lo, hi = res["rows"]["mesh-2"]["ratio_p99_ci"]
+    assert lo <= hi  # one round: every resample is that round, so the interval is the point itself
+    assert lo == hi == res["rows"]["mesh-2"]["ratio_p99"]
     text = dataplane_overhead.report(res)
     assert "| mesh-2 (" in text and "Target:" in text
+
+
+def _rounds(per_hop: dict[str, list[float]]) -> dict[str, list[dict[str, float]]]:
+    """Fake wrk figures: `direct` at 100 µs, each path 100 µs + its per-hop added latency x hops."""
+    hops = {"plain-1": 1}
+    out: dict[str, list[dict[str, float]]] = {"direct": [{"p50": 100.0, "p90": 100.0, "p99": 100.0, "p999": 100.0,
+                                                          "rps": 1000.0, "errors": 0, "cpu_us": 0.0}] * 12}
+    for name, values in per_hop.items():
+        h = hops.get(name, 2)
+        out[name] = [{**out["direct"][0], "p50": 100 + v * h, "p90": 100 + v * h, "p99": 100 + v * h,
+                      "cpu_us": v * h} for v in values]
+    return out
+
+
+def _summary(mesh: list[float]) -> dict[str, Any]:
+    from bench._wrk import Target
+
+    steady = [200.0 + (i % 3) for i in range(12)]
+    per_hop = {"plain-1": steady, "plain-2": steady, "plain-2-tls": steady, "mesh-2": mesh, "edge-2": mesh,
+               "edge-2-jwt": mesh}
+    lat = _rounds(per_hop)
+    paths = [Target(n, 0 if n == "direct" else 1 if n == "plain-1" else 2, "") for n in lat]
+    return dataplane_overhead.summarize(paths, lat, lat)
+
+
+def test_overhead_verdict_follows_the_bootstrap_interval() -> None:
+    """The p99 verdict: met when the whole 90% interval is at or below 1.10, not met when it is
+    entirely above, else not resolved; the interval contains the point estimate."""
+    met = _summary([201.0 + (i % 3) for i in range(12)])  # about 1.00x plain-2
+    assert met["verdict"] == "met" and met["target_met"]
+    lo, hi = met["rows"]["mesh-2"]["ratio_p99_ci"]
+    assert lo <= met["rows"]["mesh-2"]["ratio_p99"] <= hi <= 1.10
+    slow = _summary([300.0 + (i % 3) for i in range(12)])  # 1.5x
+    assert slow["verdict"] == "not met" and not slow["target_met"]
+    assert slow["rows"]["mesh-2"]["ratio_p99_ci"][0] > 1.10
+    noisy = _summary([150.0 if i % 2 else 300.0 for i in range(12)])  # half the rounds 0.75x, half 1.5x
+    assert noisy["verdict"] == "not resolved" and not noisy["target_met"]
+    lo, hi = noisy["rows"]["mesh-2"]["ratio_p99_ci"]
+    assert lo < 1.10 < hi
+
+
+def test_bootstrap_ci_is_paired_and_reproducible() -> None:
+    from bench._common import bootstrap_ci
+
+    a = [float(i) for i in range(20)]
+    b = [2 * x + 1 for x in a]  # b = 2a + 1 in every round: a paired statistic sees no spread
+    paired = bootstrap_ci(20, lambda idx: sum(b[i] for i in idx) - 2 * sum(a[i] for i in idx) - len(idx))
+    assert paired == (0.0, 0.0)
+    mean = bootstrap_ci(20, lambda idx: sum(a[i] for i in idx) / len(idx))
+    assert mean[0] < 9.5 < mean[1] and mean == bootstrap_ci(20, lambda idx: sum(a[i] for i in idx) / len(idx))
 
 
 def test_breakdown_ablations_each_remove_something() -> None:
