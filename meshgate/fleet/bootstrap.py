@@ -27,7 +27,7 @@ from typing import Any
 
 from meshgate.fleet.errors import FleetError
 from meshgate.model import Instance, Proxy
-from meshgate.validation import is_hostname, is_ip, split_host_port
+from meshgate.validation import is_hostname, is_ip, mapped_ipv4, mapped_message, split_host_port
 
 XDS_CLUSTER = "meshgate-xds"
 CONTROL_PLANE_PATH = "/control-plane"  # the SPIFFE path of the server certificate (meshgate.ca.identity)
@@ -69,6 +69,8 @@ def _servers(servers: Sequence[str]) -> tuple[list[tuple[str, int]], bool]:
         hp = split_host_port(s)
         if hp is None or not (is_ip(hp[0]) or is_hostname(hp[0])):
             bad.append(s)
+        elif mapped_ipv4(hp[0]) is not None:  # the xDS cluster could never connect
+            raise FleetError("--server: " + mapped_message(s, f"{mapped_ipv4(hp[0])}:{hp[1]}"))
         else:
             parsed.append(hp)
     if bad:

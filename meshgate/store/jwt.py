@@ -35,7 +35,7 @@ from meshgate.store import schema
 from meshgate.store.rows import delete_row, record_row, update_row
 from meshgate.store.txn import Write
 from meshgate.store.world import jwt_provider_from_row
-from meshgate.validation import Checker, is_hostname, is_ip
+from meshgate.validation import Checker, is_hostname, is_ip, mapped_ipv4, mapped_message
 
 MAX_JWKS_BYTES = 256 * 1024
 MAX_KEYS = 100
@@ -185,6 +185,8 @@ def check_jwks_uri(v: Checker, uri: Any) -> None:
         v.add("jwks_uri", f"{uri!r} is not an https:// URL")
     elif not (is_hostname(host) or is_ip(host)):
         v.add("jwks_uri", f"{uri!r}: {host!r} is not a host name or IP address")
+    elif mapped_ipv4(host) is not None:  # Envoy's JWKS cluster could never connect
+        v.add("jwks_uri", f"{uri!r}: " + mapped_message(host, str(mapped_ipv4(host))))
     elif parts.scheme == "http" and not _is_loopback(host):
         v.add("jwks_uri", f"{uri!r}: plain http is allowed only from a loopback host; use https")
     if parts.username or parts.password:
