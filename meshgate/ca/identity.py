@@ -29,6 +29,7 @@ from meshgate.ca.errors import CaNotInitialized
 from meshgate.ca.keys import KeyBox
 from meshgate.store import schema
 from meshgate.store.ca import IN_BUNDLE, CaRow, cross_certs, list_cas
+from meshgate.store.db import reading
 
 CONTROL_PLANE_PATH = "/control-plane"
 SERVER_CERT_TTL = 90 * 86400
@@ -99,7 +100,7 @@ class IdentityIssuer:
             engine = engine_or_loader
 
             def load() -> CaState:
-                with engine.connect() as conn:
+                with reading(engine) as conn:
                     return load_ca_state(conn)
 
             self._load: Loader = load

@@ -176,7 +176,7 @@ def _apply(w: Write, state: dict[str, Any], target: Phase, now: float) -> dict[s
 
 def advance(engine: Engine, now: float, *, actor: str | None = None) -> Phase:
     """Move to the next phase if its condition holds; return the phase after the call."""
-    with engine.connect() as conn:
+    with reading(engine) as conn:  # most calls (the server's tick) end here: no lock
         state = rotation_state(conn)
         if state["phase"] == "idle" or waiting_for(conn, state):
             return state["phase"]  # type: ignore[no-any-return]

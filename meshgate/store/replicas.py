@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, insert, select, update
 
 from meshgate.store import schema
+from meshgate.store.db import reading
 
 HEARTBEAT_INTERVAL = 2.0
 STALE_AFTER = 15.0
@@ -127,7 +128,7 @@ class Liveness:
 
     def _sweep_dead(self, mono: float) -> list[str]:
         t = schema.replicas
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:  # a pure read: `sweep` below writes on its own
             rows = conn.execute(select(t.c.name, t.c.beats).where(t.c.name != self.name)).all()
         current = {r.name: int(r.beats) for r in rows}
         for name in list(self._seen):

@@ -25,6 +25,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine, select
 
+from meshgate.store.db import reading
 from meshgate.telemetry import denials as denial_store
 from meshgate.telemetry.hub import TelemetryHub
 from meshgate.telemetry.metrics import ControlPlaneMetrics
@@ -90,7 +91,7 @@ async def edges(request: web.Request) -> web.Response:
 def _store_nodes(engine: Engine) -> list[dict[str, Any]]:
     from meshgate.store.schema import proxies, services
 
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         out = [{"service": r.name, "kind": "service", "protocol": r.protocol}
                for r in conn.execute(select(services.c.name, services.c.protocol))]
         out += [{"service": r.name, "kind": "gateway", "protocol": "http"}
@@ -114,7 +115,7 @@ def _store_proxies(engine: Engine) -> tuple[list[dict[str, Any]], list[dict[str,
     """Proxies with their per-type xDS state, and the CA certificates in use."""
     from meshgate.store.schema import ca_certs, proxies, proxy_status
 
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         cas = [{"fingerprint": r.fingerprint, "status": r.status, "not_after": r.not_after}
                for r in conn.execute(select(ca_certs.c.fingerprint, ca_certs.c.status,
                                             ca_certs.c.not_after)

@@ -28,6 +28,7 @@ from sqlalchemy import Engine, select
 
 from meshgate.durations import parse_duration
 from meshgate.errors import ValidationError, Violation
+from meshgate.store.db import reading
 from meshgate.telemetry import admin, receivers
 from meshgate.telemetry.denials import DenialWriter, Retention
 from meshgate.telemetry.envoy_config import denied_or_failed_access_log, denied_tcp_access_log
@@ -177,7 +178,7 @@ class Telemetry:
     def _ca_expiry(self) -> list[tuple[str, float]]:
         from meshgate.store.schema import ca_certs
 
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return [(r.fingerprint, r.not_after) for r in conn.execute(
                 select(ca_certs.c.fingerprint, ca_certs.c.not_after)
                 .where(ca_certs.c.status != "retired"))]

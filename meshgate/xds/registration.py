@@ -49,6 +49,7 @@ from sqlalchemy import Engine, delete, select, update
 from meshgate.errors import AlreadyExists, MeshgateError
 from meshgate.model import Proxy
 from meshgate.store import schema
+from meshgate.store.db import reading
 from meshgate.store.instances import add_instance, endpoint
 from meshgate.store.ports import PortConflict, check_inbound_port
 from meshgate.store.rows import read_row, record_row
@@ -251,7 +252,7 @@ class Registrar:
     # -- store (worker threads) --------------------------------------------------------
     def _claim(self, proxy: str, claim: Claim) -> str:
         """Register, update or keep the instance; returns what happened."""
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:  # the usual reconnect writes nothing
             mine = _row_for_proxy(conn, proxy)
         if mine is not None and _same(mine, claim) and mine.disconnected_at is None:
             return "unchanged"  # the usual reconnect: no write, no revision
@@ -302,7 +303,7 @@ class Registrar:
 
     def _sweep(self, live: frozenset[str], seen: frozenset[str], now: float) -> SweepResult:
         i, st = schema.instances, schema.proxy_status
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:  # the plan; its writes take the lock below
             rows = conn.execute(select(i).where(i.c.source == "proxy").order_by(i.c.id)).all()
             if not rows:
                 return SweepResult()
