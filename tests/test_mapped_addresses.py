@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import insert
 
 from meshgate.errors import ValidationError
 from meshgate.fleet.app import App
@@ -26,8 +27,10 @@ from meshgate.fleet.bootstrap import render_bootstrap
 from meshgate.fleet.envoy import EnvoyProcess, free_port
 from meshgate.fleet.errors import FleetError
 from meshgate.model import Proxy
+from meshgate.store import schema
 from meshgate.store.db import open_store
 from meshgate.store.proxies import rotate_token
+from meshgate.store.rows import read_row, record_row, update_row
 from meshgate.store.txn import write
 from meshgate.validation import Checker, mapped_ipv4
 from meshgate.xds.registration import Registrar
@@ -183,6 +186,51 @@ def test_apply_reports_a_mapped_gateway_listen_at_its_field(initialized: Invoke,
     # the same as any other bad gateway listen address
     assert r.exit_code == 1, r.output
     assert f'{path}:3:9 (Gateway "gw"): listen: [::ffff:127.0.0.1]:9443 {WHY} 127.0.0.1:9443' in r.output, r.output
+    assert db_dump() == before
+
+
+# -- rollback: revisions from before the rule may hold one ---------------------------------
+
+def _written_before_the_rule(db: str, table: str, key: str, **values: Any) -> None:
+    """A revision as the store wrote it before it refused mapped addresses (raw SQL)."""
+    engine = open_store(db)
+    try:
+        with write(engine, "before the rule", "old@test") as w:
+            t = getattr(schema, table)
+            if read_row(w.conn, t, key) is None:
+                w.conn.execute(insert(t).values(**values))
+                record_row(w, t, key, None)
+            else:
+                update_row(w, t, key, **values)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("table, key, values, undo, message", [
+    ("instances", "1", {"id": 1, "service": "orders", "address": "::ffff:10.0.0.7", "inbound_port": 15006,
+                        "app_port": 8080, "created_at": 0.0},
+     ["instance", "remove", "1"], f"cannot restore instances '1' as of revision {{rev}}: address: ::ffff:10.0.0.7 "
+                                  f"{WHY} 10.0.0.7; nothing was changed"),
+    ("proxies", "public", {"listen": "[::ffff:127.0.0.1]:8443"},
+     ["edge", "update", "public", "--listen", "127.0.0.1:8443"],
+     f"cannot restore proxies 'public' as of revision {{rev}}: listen: [::ffff:127.0.0.1]:8443 {WHY} "
+     "127.0.0.1:8443; nothing was changed"),
+    ("jwt_providers", "idp", {"name": "idp", "issuer": "https://idp.example/", "audiences": '["api"]',
+                              "jwks_uri": "https://[::ffff:10.0.0.8]/jwks", "created_at": 0.0},
+     ["jwt", "remove", "idp"], f"cannot restore jwt_providers 'idp' as of revision {{rev}}: jwks_uri: "
+                               f"::ffff:10.0.0.8 {WHY} 10.0.0.8; nothing was changed"),
+])
+def test_a_rollback_that_would_bring_back_a_mapped_address_is_refused(
+        mesh: Invoke, db: str, db_dump: Callable[[], str], table: str, key: str, values: dict[str, Any],
+        undo: list[str], message: str) -> None:
+    _written_before_the_rule(db, table, key, **values)
+    rev = json.loads(mesh("history", "-o", "json").output)[0]["revision"]
+    r = mesh(*undo)
+    assert r.exit_code == 0, r.output
+    before = db_dump()
+    r = mesh("rollback", str(rev), "--yes")
+    assert r.exit_code == 1, r.output  # a conflict with the store's rules, like rollback's others
+    assert message.format(rev=rev) in r.output, r.output
     assert db_dump() == before
 
 

@@ -24,7 +24,10 @@ A restore that breaks a constraint (for example an instance address now taken
 by a self-registered instance) is refused with the row named; nothing changes.
 So is a result where a sidecar would listen twice on one address: a kept
 self-registered instance on 127.0.0.1 whose inbound port is the outbound port
-or a tcp service port brought back (store/ports.py).
+or a tcp service port brought back (store/ports.py), and a row holding an
+IPv4-mapped IPv6 address where Envoy binds or connects (an instance's address, a
+gateway's listen, a JWKS host), which revisions from before the store refused
+one may hold (validation.mapped_ipv4).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -41,6 +45,7 @@ from meshgate.errors import Conflict, NotFound
 from meshgate.store import ports, schema
 from meshgate.store.rows import from_json, key_clause, read_row, record_row, row_key
 from meshgate.store.txn import current_revision, write
+from meshgate.validation import mapped_ipv4, mapped_message, split_host_port
 
 # Foreign-key order: a table refers only to tables before it. Writes go in this
 # order, deletions in reverse.
@@ -158,6 +163,27 @@ def _fk_dependents(conn: Connection, table: Table, row: dict[str, Any]) -> list[
     return out
 
 
+def _mapped_address(table: str, row: dict[str, Any]) -> str | None:
+    """`field: why` when the row holds an IPv4-mapped IPv6 address where Envoy binds or
+    connects (validation.mapped_ipv4); revisions from before the store refused one may."""
+    if table == "instances":
+        plain = mapped_ipv4(str(row.get("address")))
+        return f"address: {mapped_message(str(row.get('address')), plain)}" if plain else None
+    if table == "proxies" and row.get("listen"):
+        parsed = split_host_port(str(row["listen"]))
+        plain = mapped_ipv4(parsed[0]) if parsed else None
+        return f"listen: {mapped_message(str(row['listen']), f'{plain}:{parsed[1]}')}" \
+            if plain and parsed else None
+    if table == "jwt_providers" and row.get("jwks_uri"):
+        try:
+            host = urlsplit(str(row["jwks_uri"])).hostname or ""
+        except ValueError:
+            return None
+        plain = mapped_ipv4(host)
+        return f"jwks_uri: {mapped_message(host, plain)}" if plain else None
+    return None
+
+
 def _restore(w: Any, table: Table, key: str, target: dict[str, Any] | None, res: RollbackResult) -> None:
     conn = w.conn
     now = read_row(conn, table, key)
@@ -193,6 +219,10 @@ def _restore(w: Any, table: Table, key: str, target: dict[str, Any] | None, res:
             target = {**target, "token_hash": hash_token(token)}
     if now == target:
         return
+    if target is not None:
+        mapped = _mapped_address(table.name, target)
+        if mapped:
+            raise Conflict(mapped)
     if target is None:
         for child, child_key, ondelete in _fk_dependents(conn, table, now or {}):
             if ondelete == "RESTRICT" or ondelete == "NO ACTION":
