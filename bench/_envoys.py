@@ -3,6 +3,7 @@ HTTP proxies, and a pair of plain proxies with mutual TLS between them.
 
     upstream_bootstrap(port)                    # answers 200 "ok" itself
     plain_bootstrap("p", port, to_port)         # HTTP in, HTTP to 127.0.0.1:to_port
+    plain_bootstrap("a", port, out, "backend")  # the same, Host rewritten: an app calling `backend`
     a, b = tls_pair("t", port, inner, to_port)  # a -mTLS-> b -> to_port
 """
 
@@ -36,9 +37,12 @@ def upstream_bootstrap(port: int) -> dict[str, Any]:
                                                 "filter_chains": [{"filters": [_hcm("upstream", route)]}]}]}}
 
 
-def plain_bootstrap(name: str, port: int, to_port: int) -> dict[str, Any]:
-    """A plain Envoy: one HTTP listener routing everything to one static cluster."""
-    route = {"match": {"prefix": "/"}, "route": {"cluster": "next"}}
+def plain_bootstrap(name: str, port: int, to_port: int, host: str | None = None) -> dict[str, Any]:
+    """A plain Envoy: one HTTP listener routing everything to one static cluster
+    (with `host`: the Host header rewritten to it, as an app calling another service does)."""
+    route: dict[str, Any] = {"match": {"prefix": "/"}, "route": {"cluster": "next"}}
+    if host:
+        route["route"]["host_rewrite_literal"] = host
     cluster = {"name": "next", "type": "STATIC", "connect_timeout": "1s", "load_assignment": {
         "cluster_name": "next", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(to_port)}}]}]}}
     return {"node": {"id": name, "cluster": name}, "admin": {"address": _addr(free_port())},

@@ -61,6 +61,7 @@ class Target:
     headers: tuple[str, ...] = ()
     what: str = ""
     procs: tuple[str, ...] = ()  # the proxies on the path (their CPU is counted)
+    plain_hops: int = 0  # of `hops`, traversals of a plain Envoy (the rest are meshgate's)
 
 
 def status(p: Target) -> int:

@@ -41,7 +41,8 @@ def test_dataplane_overhead() -> None:
     res = dataplane_overhead.run(rate=200, seconds=1, rounds=1, connections=4, load_connections=4,
                                  load_seconds=1, warmup=False)
     names = [p["name"] for p in res["paths"]]
-    assert names == ["direct", "plain-1", "plain-2", "plain-2-tls", "mesh-2", "edge-2", "edge-2-jwt"]
+    assert names == ["direct", "plain-1", "plain-2", "plain-2-tls", "mesh-2", "edge-2", "edge-2-jwt", "edge-chain"]
+    assert res["rows"]["edge-chain"]["plain_hops"] == 1  # its app, a plain Envoy, is not counted as meshgate's
     for name in names:
         row = res["rows"][name]
         # every request through every path answered 200: mTLS, RBAC, the JWT all let it through
@@ -58,15 +59,18 @@ def test_dataplane_overhead() -> None:
     assert "| mesh-2 (" in text and "Target:" in text
 
 
+HOPS = {"direct": (0, 0), "plain-1": (1, 0), "edge-chain": (5, 1)}  # (hops, of which plain); others (2, 0)
+
+
 def _rounds(per_hop: dict[str, list[float]]) -> dict[str, list[dict[str, float]]]:
-    """Fake wrk figures: `direct` at 100 µs, each path 100 µs + its per-hop added latency x hops."""
-    hops = {"plain-1": 1}
-    out: dict[str, list[dict[str, float]]] = {"direct": [{"p50": 100.0, "p90": 100.0, "p99": 100.0, "p999": 100.0,
-                                                          "rps": 1000.0, "errors": 0, "cpu_us": 0.0}] * 12}
+    """Fake wrk figures: `direct` at 100 µs; each path 100 µs + its per-hop added latency for each
+    of its own hops + plain-1's for each plain hop it contains."""
+    base = {"p50": 100.0, "p90": 100.0, "p99": 100.0, "p999": 100.0, "rps": 1000.0, "errors": 0, "cpu_us": 0.0}
+    out: dict[str, list[dict[str, float]]] = {"direct": [dict(base) for _ in range(12)]}
     for name, values in per_hop.items():
-        h = hops.get(name, 2)
-        out[name] = [{**out["direct"][0], "p50": 100 + v * h, "p90": 100 + v * h, "p99": 100 + v * h,
-                      "cpu_us": v * h} for v in values]
+        hops, plain = HOPS.get(name, (2, 0))
+        total = [v * (hops - plain) + plain * p for v, p in zip(values, per_hop["plain-1"], strict=True)]
+        out[name] = [{**base, "p50": 100 + t, "p90": 100 + t, "p99": 100 + t, "cpu_us": t} for t in total]
     return out
 
 
@@ -75,10 +79,14 @@ def _summary(mesh: list[float]) -> dict[str, Any]:
 
     steady = [200.0 + (i % 3) for i in range(12)]
     per_hop = {"plain-1": steady, "plain-2": steady, "plain-2-tls": steady, "mesh-2": mesh, "edge-2": mesh,
-               "edge-2-jwt": mesh}
+               "edge-2-jwt": mesh, "edge-chain": mesh}
     lat = _rounds(per_hop)
-    paths = [Target(n, 0 if n == "direct" else 1 if n == "plain-1" else 2, "") for n in lat]
-    return dataplane_overhead.summarize(paths, lat, lat)
+    paths = [Target(n, HOPS.get(n, (2, 0))[0], "", plain_hops=HOPS.get(n, (2, 0))[1]) for n in lat]
+    res = dataplane_overhead.summarize(paths, lat, lat)
+    # the chain's plain hop is taken out: per meshgate hop it is the same as mesh-2's
+    assert res["rows"]["edge-chain"]["added_p99_per_hop"] == pytest.approx(res["rows"]["mesh-2"]["added_p99_per_hop"])
+    assert res["rows"]["edge-chain"]["cpu_us_per_hop"] == pytest.approx(res["rows"]["mesh-2"]["cpu_us_per_hop"])
+    return res
 
 
 def test_overhead_verdict_follows_the_bootstrap_interval() -> None:
