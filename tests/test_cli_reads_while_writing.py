@@ -139,11 +139,11 @@ def test_read_commands_answer_with_the_committed_state_while_a_write_is_open(
 def test_opening_takes_the_write_lock_only_for_a_pending_migration(
     initialized: Invoke, db: str, short_timeout: None
 ) -> None:
-    """A step not yet recorded must run under the lock: with a writer open, the open
-    fails with the locked error (the step is neither half-applied nor skipped); once
-    the writer is gone the next open applies it."""
-    if not db.startswith("sqlite"):
-        pytest.skip("PostgreSQL migrations take their own advisory lock, not the write lock")
+    """A step not yet recorded must run under the lock. SQLite: with a writer open, the open
+    fails with the locked error (the step is neither half-applied nor skipped); once the
+    writer is gone the next open applies it. PostgreSQL: migrations take their own advisory
+    lock, not the writers', so the step runs beside the open writer."""
+    sqlite = db.startswith("sqlite")
     engine = open_store(db)
     try:
         with engine.begin() as conn:  # 0006 only creates a table if absent: safe to run again
@@ -152,11 +152,22 @@ def test_opening_takes_the_write_lock_only_for_a_pending_migration(
     finally:
         engine.dispose()
     with held_write(db):
-        with pytest.raises(LockedError, match="locked by another writer"):
-            open_store(db)
-        r = initialized("service", "list")
-        assert r.exit_code == 1
-        assert r.output.strip().splitlines() == [LOCKED]
+        if sqlite:
+            with pytest.raises(LockedError, match="locked by another writer"):
+                open_store(db)
+            r = initialized("service", "list")
+            assert r.exit_code == 1
+            assert r.output.strip().splitlines() == [LOCKED]
+        else:
+            beside = open_store(db)  # the step runs now, beside the writer
+            try:
+                with beside.connect() as conn:
+                    applied = set(conn.execute(select(schema.schema_migrations.c.name)).scalars())
+            finally:
+                beside.dispose()
+            assert "0006_replicas" in applied
+            r = initialized("service", "list")
+            assert r.exit_code == 0, r.output
     engine = open_store(db)
     try:
         with engine.connect() as conn:
