@@ -13,6 +13,7 @@ from sqlalchemy import Connection, Engine, insert, inspect, select, text
 
 from meshgate.store import schema
 from meshgate.store.db import reading
+from meshgate.store.telemetry_key import ensure_key_secret
 
 Step = Callable[[Connection], None]
 
@@ -149,6 +150,12 @@ def _0006_replicas(conn: Connection) -> None:
     schema.replicas.create(conn, checkfirst=True)
 
 
+def _0007_telemetry_key_secret(conn: Connection) -> None:
+    # The server secret behind each proxy's access-log key (store/telemetry_key.py):
+    # a settings row written without a revision, so history and rollback never see it.
+    ensure_key_secret(conn)
+
+
 STEPS: list[tuple[str, Step]] = [
     ("0001_initial", _0001_initial),
     ("0002_views", _0002_views),
@@ -156,6 +163,7 @@ STEPS: list[tuple[str, Step]] = [
     ("0004_edge_routes_claims", _0004_edge_routes_claims),
     ("0005_views_identity_current_nacks", _0005_views_identity_current_nacks),
     ("0006_replicas", _0006_replicas),
+    ("0007_telemetry_key_secret", _0007_telemetry_key_secret),
 ]
 
 
