@@ -29,7 +29,8 @@ PLANNERS: dict[str, Planner] = {"sidecar": sidecar_plan, "edge": edge_plan}
 
 
 def proxy_plan(index: WorldIndex, proxy: Proxy, options: Options = DEFAULT_OPTIONS) -> Plan:
-    return PLANNERS[proxy.kind](index, proxy, options)
+    """The proxy's plan, translated with its own options (`options.for_proxy`)."""
+    return PLANNERS[proxy.kind](index, proxy, options.for_proxy(proxy.name))
 
 
 def translate_proxy(

@@ -38,8 +38,12 @@ def sidecar_plan(index: WorldIndex, proxy: Proxy, options: Options) -> Plan:
         own.extend(run(proxy, "inbound listener", _inbound, index, service, instance, options))
     upstreams = sorted(index.reachable(service.name))
     upstream_services = [world.services[u] for u in upstreams if u in world.services]
-    own.append(run(proxy, "outbound listener", index.memo, ("outbound-listener", proxy.outbound_port, id(options)),
-                   outbound_listener, proxy.outbound_port, options))
+    memo = options.memo_key()
+    if memo is None:  # options of this proxy alone (its telemetry key): nothing to share
+        own.append(run(proxy, "outbound listener", outbound_listener, proxy.outbound_port, options))
+    else:
+        own.append(run(proxy, "outbound listener", index.memo, ("outbound-listener", proxy.outbound_port, memo),
+                       outbound_listener, proxy.outbound_port, options))
     own.append(run(proxy, "outbound routes", outbound_route_config, upstream_services))
     for s in upstream_services:
         if s.protocol == "tcp":
