@@ -33,6 +33,8 @@ from meshgate.config.plan import make_plan, resource_versions
 from meshgate.fleet.app import App
 from meshgate.fleet.envoy import EnvoyProcess, free_port
 from meshgate.store.db import open_store
+from meshgate.store.telemetry_key import load_key_secret
+from meshgate.telemetry.service import Telemetry
 from tests.foreign_listener import envoy_with, foreign_listener
 from tests.test_xds_envoy import get, wait_for
 
@@ -233,9 +235,10 @@ def test_plan_predicts_exactly_what_the_server_pushes(mesh: Mesh) -> None:
     engine = open_store(str(mesh.db))
     try:
         plan = make_plan(engine, load_path(path), prune=False)
+        served = Telemetry.translate_options(secret=load_key_secret(engine))  # the real keys
     finally:
         engine.dispose()
-    expected = {p: resource_versions(plan.after, p) for p in mesh.envoys}
+    expected = {p: resource_versions(plan.after, p, options=served) for p in mesh.envoys}
     before = {p: envoy_versions(e) for p, e in mesh.envoys.items()}
 
     def holds_plan(envoy: EnvoyProcess, name: str) -> bool:

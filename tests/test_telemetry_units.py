@@ -388,16 +388,19 @@ def test_token_authenticator_uses_the_xds_check() -> None:
             if ("authorization", f"Bearer {node_id}-t") not in list(metadata):
                 raise PermissionError(f"bad token for {node_id}")
 
-    check = token_authenticator(Auth(), known_proxy=lambda n: n == "orders-1")
+    from meshgate.telemetry.keys import KEY_HEADER, telemetry_key
+
+    secret = b"s" * 32
+    check = token_authenticator(Auth(), lambda n: n == "orders-1", secret)
     assert check("orders-1", {"authorization": "Bearer orders-1-t"}, "metrics")
     with pytest.raises(PermissionError, match="bad token"):
         check("orders-1", {}, "metrics")  # stats streams always need the token
-    # access logs come from shared listener config: no token, but a known proxy
-    assert check("orders-1", {}, "access-log")
+    # access logs carry the proxy's telemetry key (listener config), not the join token
+    assert check("orders-1", {KEY_HEADER: telemetry_key(secret, "orders-1")}, "access-log")
+    with pytest.raises(PermissionError, match="no x-meshgate-telemetry-key"):
+        check("orders-1", {"authorization": "Bearer orders-1-t"}, "access-log")
     with pytest.raises(PermissionError, match="unknown or revoked"):
-        check("intruder", {}, "access-log")
-    with pytest.raises(PermissionError, match="bad token"):
-        check("orders-1", {"authorization": "Bearer wrong"}, "access-log")
+        check("intruder", {KEY_HEADER: telemetry_key(secret, "intruder")}, "access-log")
 
 
 def test_translate_options_add_the_access_logs() -> None:

@@ -44,10 +44,14 @@ _CA_FIELDS = ("validation_context_sds_secret_config",)
 
 def server_options() -> Options:
     """The translation options `meshgate serve` uses by default (telemetry's access
-    logs in every HCM and TCP proxy), so plans and validation see the same bytes."""
+    logs in every HCM and TCP proxy), so plans and validation see the same config.
+    Each proxy's access logs carry a placeholder in place of its telemetry key (the
+    server's come from the store's secret): the same shape, and proxies with equal
+    config still validate once."""
+    from meshgate.telemetry.keys import PLACEHOLDER_KEY
     from meshgate.telemetry.service import Telemetry
 
-    return Telemetry.translate_options()  # type: ignore[no-any-return]
+    return Telemetry.translate_options(same_key=PLACEHOLDER_KEY)  # type: ignore[no-any-return]
 
 
 @lru_cache(maxsize=1)

@@ -63,7 +63,9 @@ class Plan:
 def resource_versions(world: World, proxy: str, index: Any = None,
                       options: Any = None) -> dict[tuple[str, str], str]:
     """(short type, name) -> version of every resource translation gives `proxy`, with
-    the options `meshgate serve` uses (so the versions are the ones it sends)."""
+    the options `meshgate serve` uses. By default listeners with access logs carry the
+    placeholder telemetry key (envoy_check.server_options); for the exact versions the
+    server sends, pass `Telemetry.translate_options(secret=<the store's secret>)`."""
     from meshgate.config.envoy_check import server_options
     from meshgate.xds.resources import Resource
     from meshgate.xds.translate import translate_proxy

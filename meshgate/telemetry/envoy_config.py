@@ -12,6 +12,8 @@
   Successful requests cost nothing beyond the filter check.
 - `denied_tcp_access_log`: the same for TCP proxies (network RBAC denials and
   upstream failures show as response flags or connection termination details).
+- `with_initial_metadata`: one of those logs with more stream metadata (each
+  proxy's telemetry key, meshgate.telemetry.keys).
 """
 
 from __future__ import annotations
@@ -215,3 +217,20 @@ def denied_tcp_access_log(
         filter=accesslog_pb2.AccessLogFilter(or_filter=accesslog_pb2.OrFilter(
             filters=[_any_response_flag(), denied])),
         typed_config=_packed(config))
+
+
+def with_initial_metadata(log: accesslog_pb2.AccessLog,
+                          metadata: Sequence[tuple[str, str]]) -> accesslog_pb2.AccessLog:
+    """A copy of a gRPC access log (from the two functions above) whose stream also
+    sends `metadata`: the same message as building it with `initial_metadata`, at a
+    fraction of the cost (the server makes one per proxy)."""
+    config: als_pb2.HttpGrpcAccessLogConfig | als_pb2.TcpGrpcAccessLogConfig
+    config = als_pb2.TcpGrpcAccessLogConfig() if log.name == TCP_GRPC_LOGGER else als_pb2.HttpGrpcAccessLogConfig()
+    if not log.typed_config.Unpack(config):
+        raise ValueError(f"{log.name}: not a gRPC access log")
+    config.common_config.grpc_service.initial_metadata.extend(
+        base_pb2.HeaderValue(key=k, value=v) for k, v in metadata)
+    out = accesslog_pb2.AccessLog()
+    out.CopyFrom(log)
+    out.typed_config.Pack(config)
+    return out

@@ -2,7 +2,7 @@
 
     telemetry = Telemetry(engine)                           # hub, denial writer, metrics
     server = XdsServer(engine, servicers=[telemetry.register], metrics=telemetry.metrics,
-                       options=telemetry.translate_options(), ...)
+                       options=telemetry.server_options(), ...)
     telemetry.bind(server)            # stream auth and proxy/route names from the xDS server
     await server.start(...)
     await telemetry.start()           # denial writer, CA expiry refresh
@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -29,10 +29,16 @@ from sqlalchemy import Engine, select
 from meshgate.durations import parse_duration
 from meshgate.errors import ValidationError, Violation
 from meshgate.store.db import reading
+from meshgate.store.telemetry_key import load_key_secret
 from meshgate.telemetry import admin, receivers
 from meshgate.telemetry.denials import DenialWriter, Retention
-from meshgate.telemetry.envoy_config import denied_or_failed_access_log, denied_tcp_access_log
+from meshgate.telemetry.envoy_config import (
+    denied_or_failed_access_log,
+    denied_tcp_access_log,
+    with_initial_metadata,
+)
 from meshgate.telemetry.hub import TelemetryHub
+from meshgate.telemetry.keys import KEY_HEADER, key_matches, telemetry_key
 from meshgate.telemetry.metrics import ControlPlaneMetrics
 
 log = logging.getLogger("meshgate.telemetry")
@@ -66,31 +72,63 @@ def retention_from_env(env: Mapping[str, str] | None = None) -> Retention:
     return Retention(max_rows=rows, max_age_seconds=age)
 
 
-def token_authenticator(auth: Any, known_proxy: Any = None) -> Any:
-    """Adapt the xDS join-token check (`auth.authenticate(metadata, node_id)`, raising
-    on failure) to the hub's `authenticate(node_id, metadata, stream)`.
+def token_authenticator(auth: Any, known_proxy: Callable[[str], bool], key_secret: bytes) -> Any:
+    """The hub's `authenticate(node_id, metadata, stream)` for `meshgate serve`.
 
-    Stats streams carry the token (bootstrap `initial_metadata`). Access-log
-    streams are configured in listeners shared by every proxy of a service, so
-    they cannot carry a per-proxy token: without one, the node id must name a
-    known, unrevoked proxy (`known_proxy(node_id)`). A token, when present,
-    is always checked.
+    Stats streams carry the join token (bootstrap `initial_metadata`): the xDS
+    check (`auth.authenticate(metadata, node_id)`, raising on failure) applies.
+    Access-log streams are configured in listeners: they carry the proxy's
+    telemetry key (KEY_HEADER, HMAC of its name under `key_secret`), which must be
+    the key of the node id the stream claims, and that proxy must be known and
+    not revoked (`known_proxy(node_id)`).
     """
     def check(node_id: str, metadata: Mapping[str, str], stream: str) -> bool:
-        if stream == "access-log" and "authorization" not in metadata:
-            if known_proxy is None or known_proxy(node_id):
-                return True
+        if stream != "access-log":
+            auth.authenticate(list(metadata.items()), node_id)
+            return True
+        presented = metadata.get(KEY_HEADER)
+        if not presented:
+            raise PermissionError(f"no {KEY_HEADER} for proxy {node_id!r}")
+        if not key_matches(key_secret, node_id, presented):
+            raise PermissionError(f"{KEY_HEADER} is not the key of proxy {node_id!r}")
+        if not known_proxy(node_id):
             raise PermissionError(f"unknown or revoked proxy {node_id!r}")
-        auth.authenticate(list(metadata.items()), node_id)
         return True
 
     return check
 
 
+def keyed_options(base: Any, key_secret: bytes) -> Any:
+    """`base` plus, for each proxy, meshgate's access logs carrying that proxy's key."""
+    from dataclasses import replace
+
+    from meshgate.fleet.bootstrap import XDS_CLUSTER
+
+    http_log = denied_or_failed_access_log(XDS_CLUSTER, ACCESS_LOG_NAME)
+    tcp_log = denied_tcp_access_log(XDS_CLUSTER, ACCESS_LOG_NAME)
+
+    # Not cached: 10,000 proxies' options would hold ~55 MB of access-log messages,
+    # and building one costs ~10 us (a re-plan of that proxy costs far more).
+    def for_proxy(name: str) -> Any:
+        key = telemetry_key(key_secret, name)
+        md = ((KEY_HEADER, key),)
+        return replace(
+            base,
+            per_proxy=None,
+            variant=key,
+            http_access_log=(*base.http_access_log, with_initial_metadata(http_log, md)),
+            tcp_access_log=(*base.tcp_access_log, with_initial_metadata(tcp_log, md)),
+        )
+
+    return replace(base, per_proxy=for_proxy)
+
+
 class Telemetry:
     def __init__(self, engine: Engine, *, retention: Retention | None = None,
-                 window_seconds: float = 60.0) -> None:
+                 window_seconds: float = 60.0, key_secret: bytes | None = None) -> None:
         self.engine = engine
+        # the secret behind every proxy's telemetry key, shared by the replicas through the store
+        self.key_secret = key_secret if key_secret is not None else load_key_secret(engine)
         self.writer = DenialWriter(engine, retention or retention_from_env())
         self.hub = TelemetryHub(window_seconds=window_seconds, denial_writer=self.writer)
         self.metrics = ControlPlaneMetrics(self.hub)
@@ -99,21 +137,35 @@ class Telemetry:
     # ---- wiring ---------------------------------------------------------------------------
 
     @staticmethod
-    def translate_options(base: Any = None) -> Any:
-        """Translation options adding meshgate's access logs to every HCM and TCP proxy."""
+    def translate_options(base: Any = None, *, secret: bytes | None = None,
+                          same_key: str | None = None) -> Any:
+        """Translation options adding meshgate's access logs to every HCM and TCP proxy.
+
+        With `secret`, each proxy's logs carry its own telemetry key (what `meshgate
+        serve` sends). With `same_key`, every proxy's carry that one value: the same
+        shape, for checks that do not need the real keys (Envoy validation groups
+        proxies with equal config). With neither, no key: the server refuses such
+        streams (for tests of the log filters alone)."""
         from dataclasses import replace
 
         from meshgate.fleet.bootstrap import XDS_CLUSTER
         from meshgate.xds.translate.generated import DEFAULT_OPTIONS
 
         base = base or DEFAULT_OPTIONS
+        if secret is not None:
+            return keyed_options(base, secret)
+        md = ((KEY_HEADER, same_key),) if same_key else ()
         return replace(
             base,
             http_access_log=(*base.http_access_log,
-                             denied_or_failed_access_log(XDS_CLUSTER, ACCESS_LOG_NAME)),
+                             denied_or_failed_access_log(XDS_CLUSTER, ACCESS_LOG_NAME, initial_metadata=md)),
             tcp_access_log=(*base.tcp_access_log,
-                            denied_tcp_access_log(XDS_CLUSTER, ACCESS_LOG_NAME)),
+                            denied_tcp_access_log(XDS_CLUSTER, ACCESS_LOG_NAME, initial_metadata=md)),
         )
+
+    def server_options(self, base: Any = None) -> Any:
+        """The options `meshgate serve` translates with: access logs keyed with the store's secret."""
+        return self.translate_options(base, secret=self.key_secret)
 
     def bind(self, server: Any) -> None:
         """Take stream authentication and proxy/route names from the xDS server."""
@@ -139,7 +191,7 @@ class Telemetry:
                 return None
             return next((r.service for r in w.routes if r.id == route), None)
 
-        self.hub.auth_check = token_authenticator(server.auth, known_proxy)
+        self.hub.auth_check = token_authenticator(server.auth, known_proxy, self.key_secret)
         self.hub.proxy_service = proxy_service
         self.hub.route_service = route_service
 

@@ -149,7 +149,7 @@ async def serve(engine: Engine, db_url: str, cfg: ServeConfig,
         from meshgate.telemetry.service import Telemetry
 
         telemetry = Telemetry(engine)
-        kwargs.setdefault("options", telemetry.translate_options())
+        kwargs.setdefault("options", telemetry.server_options())
         kwargs.setdefault("metrics", telemetry.metrics)
         kwargs["servicers"] = [*kwargs.get("servicers", ()), telemetry.register]
     server = XdsServer(engine, secrets=secrets, replica=replica_name(cfg),
