@@ -150,6 +150,12 @@ class _NoSecrets:
 # -- the store's secret -------------------------------------------------------------
 
 
+@pytest.fixture
+def db(store_url: str) -> str:
+    """The store tests below run on SQLite and, with MESHGATE_TEST_PG, PostgreSQL."""
+    return store_url
+
+
 def test_secret_is_shared_made_once_and_never_in_history_or_export(db: str, run) -> None:  # type: ignore[no-untyped-def]
     assert run("init", "--trust-domain", "example.org").exit_code == 0
     assert run("service", "add", "web", "--port", "80").exit_code == 0
