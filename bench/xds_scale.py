@@ -86,7 +86,12 @@ def translate_bench(services: int, instances: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     world = scale_world(services, instances)
     build_world_s = time.perf_counter() - t0
-    state = ConfigState(world, secrets=PlaceholderSecrets())
+    # the options `meshgate serve` translates with: telemetry's access logs in every HCM and
+    # TCP proxy, each proxy's keyed with its own telemetry key (so its listeners are its own)
+    from meshgate.telemetry.service import Telemetry
+
+    options = Telemetry.translate_options(secret=os.urandom(32))
+    state = ConfigState(world, secrets=PlaceholderSecrets(), options=options)
     c0, t0 = time.thread_time(), time.perf_counter()
     for name in world.proxies:
         state.track(name)
@@ -369,7 +374,9 @@ def report(t: dict[str, Any], f: dict[str, Any] | None, small: dict[str, Any] | 
     lines = [
         SECTION, "",
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, shared with other work. "
-        "`make bench` (or `.venv/bin/python bench/xds_scale.py`) reproduces it.", "",
+        "`make bench` (or `.venv/bin/python bench/xds_scale.py`) reproduces it. Translated with the "
+        "options `meshgate serve` uses: telemetry access logs in every listener, each proxy's carrying "
+        "its own telemetry key (so no two sidecars share a listener).", "",
         "| figure | value | target |", "| --- | --- | --- |",
         *(_translate_rows(small) if small is not None else []),
         *_translate_rows(t),
