@@ -454,13 +454,16 @@ def test_revision_ids_become_visible_in_order(store_url: str) -> None:
 
         def reader() -> None:
             last = 1
-            while not stop.is_set():
+            while True:
+                done = stop.is_set()  # read before polling: one last poll after the writers finished
                 with eng.connect() as conn:
                     ids = conn.execute(select(schema.revisions.c.id).where(
                         schema.revisions.c.id > last).order_by(schema.revisions.c.id)).scalars().all()
                 if ids:
                     seen.extend(ids)
                     last = ids[-1]
+                if done:
+                    return
 
         threads = [threading.Thread(target=writer, args=(p,)) for p in ("a", "b")]
         watcher = threading.Thread(target=reader)
