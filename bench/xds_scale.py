@@ -89,7 +89,9 @@ def translate_bench(services: int, instances: int) -> dict[str, Any]:
     # the options `meshgate serve` translates with: telemetry's access logs in every HCM and
     # TCP proxy, each proxy's keyed with its own telemetry key (so its listeners are its own)
     from meshgate.telemetry.service import Telemetry
+    from meshgate.xds.runner import tune_gc
 
+    tune_gc()  # as `meshgate serve` does
     options = Telemetry.translate_options(secret=os.urandom(32))
     state = ConfigState(world, secrets=PlaceholderSecrets(), options=options)
     c0, t0 = time.thread_time(), time.perf_counter()
