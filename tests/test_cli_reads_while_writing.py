@@ -159,23 +159,21 @@ def test_opening_takes_the_write_lock_only_for_a_pending_migration(
             assert r.exit_code == 1
             assert r.output.strip().splitlines() == [LOCKED]
         else:
-            beside = open_store(db)  # the step runs now, beside the writer
-            try:
-                with beside.connect() as conn:
-                    applied = set(conn.execute(select(schema.schema_migrations.c.name)).scalars())
-            finally:
-                beside.dispose()
-            assert "0006_replicas" in applied
+            assert "0006_replicas" in _open_and_list_steps(db)  # the step runs now, beside the writer
             r = initialized("service", "list")
             assert r.exit_code == 0, r.output
+    assert "0006_replicas" in _open_and_list_steps(db)
+    assert initialized("service", "list").exit_code == 0
+
+
+def _open_and_list_steps(db: str) -> set[str]:
+    """Open the store (which applies any pending step) and return the recorded steps."""
     engine = open_store(db)
     try:
         with engine.connect() as conn:
-            names = set(conn.execute(select(schema.schema_migrations.c.name)).scalars())
+            return set(conn.execute(select(schema.schema_migrations.c.name)).scalars())
     finally:
         engine.dispose()
-    assert "0006_replicas" in names
-    assert initialized("service", "list").exit_code == 0
 
 
 def test_the_migration_check_does_not_wait_for_a_writer(initialized: Invoke, db: str,

@@ -95,6 +95,23 @@ async def connect(port: int, token: str, name: str, meta: dict[str, Any] | None)
     return c
 
 
+async def refused(engine: Engine, token: str, name: str, meta: dict[str, Any] | None) -> tuple[grpc.StatusCode, str]:
+    """Connect proxy `name` with node metadata `meta` to a registering server: the stream
+    must be refused before anything is sent, with no instance and no revision written.
+    Returns the status code and its details."""
+    before = (instances(engine), revisions(engine))
+    async with serving(engine, secrets=FakeSecrets(), hooks=[Registrar(engine, replica="r1")]) as srv:
+        c = await connect(srv.port, token, name, meta)
+        try:
+            code = await c.status()
+            details: str = await c.call.details()
+            assert c.queue.get_nowait() is None  # refused before anything was sent
+        finally:
+            await c.__aexit__()
+    assert (instances(engine), revisions(engine)) == before
+    return code, details
+
+
 async def test_connect_registers_the_instance_and_its_inbound_side_follows(mesh) -> None:  # type: ignore[no-untyped-def]
     engine, tokens = mesh
     registrar = Registrar(engine, replica="r1")
@@ -137,19 +154,12 @@ async def test_connect_registers_the_instance_and_its_inbound_side_follows(mesh)
 )
 async def test_bad_metadata_refuses_the_stream_naming_every_field(mesh, name, meta, fields) -> None:  # type: ignore[no-untyped-def]
     engine, tokens = mesh
-    before = revisions(engine)
-    async with serving(engine, secrets=FakeSecrets(), hooks=[Registrar(engine, replica="r1")]) as srv:
-        c = await connect(srv.port, tokens[name], name, meta)
-        try:
-            assert await c.status() == grpc.StatusCode.INVALID_ARGUMENT
-            details = await c.call.details()
-        finally:
-            await c.__aexit__()
+    code, details = await refused(engine, tokens[name], name, meta)  # nothing registered, no revision
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert f'node metadata of proxy "{name}"' in details
     for f in fields:
         assert f in details, details
-    assert instances(engine) == [] and revisions(engine) == before  # nothing registered, no revision
-    assert c.queue.get_nowait() is None  # refused before anything was sent
+    assert instances(engine) == []
 
 
 async def test_sidecar_without_instance_metadata_registers_nothing(mesh) -> None:  # type: ignore[no-untyped-def]

@@ -27,7 +27,7 @@ from meshgate.store.ports import WHY_INBOUND
 from meshgate.store.txn import write
 from meshgate.xds.registration import Registrar
 from tests.conftest import Invoke
-from tests.test_fleet_registration import connect, instances, revisions, sidecar_meta
+from tests.test_fleet_registration import connect, instances, refused, sidecar_meta
 from tests.xds_support import CDS, FakeSecrets, serving
 
 OUTBOUND = 15001  # orders-1's outbound port
@@ -184,17 +184,8 @@ def _token(engine, name: str) -> str:  # type: ignore[no-untyped-def]
 
 
 async def _refused_stream(engine, meta: dict) -> str:  # type: ignore[no-untyped-def, type-arg]
-    token = _token(engine, "orders-1")
-    before = (instances(engine), revisions(engine))
-    async with serving(engine, secrets=FakeSecrets(), hooks=[Registrar(engine, replica="r1")]) as srv:
-        c = await connect(srv.port, token, "orders-1", meta)
-        try:
-            assert await c.status() == grpc.StatusCode.FAILED_PRECONDITION
-            details: str = await c.call.details()
-            assert c.queue.get_nowait() is None  # refused before anything was sent
-        finally:
-            await c.__aexit__()
-    assert (instances(engine), revisions(engine)) == before
+    code, details = await refused(engine, _token(engine, "orders-1"), "orders-1", meta)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
     return details
 
 
