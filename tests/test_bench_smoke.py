@@ -51,7 +51,7 @@ def test_dataplane_overhead() -> None:
         assert all(finite(row[k]) for k in ("p50", "p90", "p99", "rps", "max_rps"))
         if row["hops"]:
             assert finite(row["added_p99_per_hop"]) and isinstance(row["ratio_p99"], float)
-    assert isinstance(res["target_met"], bool) and res["verdict"] in ("met", "not met", "not resolved")
+    assert res["verdict"] == "not resolved" and res["target_met"] is False  # one round decides nothing
     lo, hi = res["rows"]["mesh-2"]["ratio_p99_ci"]
     assert lo <= hi  # one round: every resample is that round, so the interval is the point itself
     assert lo == hi == res["rows"]["mesh-2"]["ratio_p99"]
