@@ -12,13 +12,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import textwrap
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +31,7 @@ from meshgate.store.db import open_store
 from meshgate.store.telemetry_key import load_key_secret
 from meshgate.telemetry.service import Telemetry
 from tests.foreign_listener import envoy_with, foreign_listener
+from tests.mesh_kit import Serve
 from tests.test_xds_envoy import get, wait_for
 
 pytestmark = pytest.mark.envoy
@@ -156,16 +152,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     applied = m.cli("apply", "-f", m.file("base.yaml", base)).output
     tokens = dict(re.findall(r'join token for proxy "([^"]+)" \(shown once, keep it secret\): (\S+)', applied))
     assert set(tokens) == {"web-1", "orders-1"}
-    xds_port, admin_port = free_port(), free_port()
-    log = open(work / "serve.log", "wb")  # noqa: SIM115 - closed in teardown
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "meshgate"), "serve", "--listen", f"127.0.0.1:{xds_port}",
-         "--admin", f"127.0.0.1:{admin_port}"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MESHGATE_DB": str(db)},
-    )
+    server = Serve(db, work).start()
+    xds_port = server.port
     try:
-        wait_for("meshgate serve", lambda: urllib.request.urlopen(  # noqa: S310 - loopback
-            f"http://127.0.0.1:{admin_port}/healthz", timeout=1).status == 200)
+        server.wait_ready()
         for name in ("web-1", "orders-1"):
             out = work / f"{name}.json"
             m.cli("proxy", "bootstrap", name, "--token", tokens[name], "--server", f"127.0.0.1:{xds_port}",
@@ -181,13 +171,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     finally:
         for e in m.envoys.values():
             e.stop()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
-        log.close()
+        server.stop()
         app.stop()
 
 

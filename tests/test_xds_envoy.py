@@ -5,11 +5,7 @@ sidecars over mTLS, CLI changes arrive without restarts, delta and SotW, NACKs."
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +21,7 @@ from meshgate.cli import cli
 from meshgate.fleet.app import App
 from meshgate.fleet.envoy import EnvoyProcess, free_port
 from meshgate.store.db import open_store
+from tests.mesh_kit import Serve
 from tests.xds_support import change_instance
 
 pytestmark = pytest.mark.envoy
@@ -126,18 +123,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     added = run("instance", "add", "orders", "--address", "127.0.0.1", "--inbound-port", str(orders_in),
                 "--app-port", str(app.port), "--proxy", "orders-1")
     orders_instance = int(added.split()[1])
-    xds_port, admin_port = free_port(), free_port()
-    env = {**os.environ, "MESHGATE_DB": str(db)}
-    server_log = open(work / "serve.log", "wb")  # noqa: SIM115 - closed in teardown
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "meshgate"), "serve", "--listen", f"127.0.0.1:{xds_port}",
-         "--admin", f"127.0.0.1:{admin_port}"],
-        stdout=server_log, stderr=subprocess.STDOUT, env=env,
-    )
+    server = Serve(db, work).start()
+    xds_port = server.port
     envoys: list[EnvoyProcess] = []
     try:
-        wait_for("meshgate serve", lambda: urllib.request.urlopen(  # noqa: S310
-            f"http://127.0.0.1:{admin_port}/healthz", timeout=1).status == 200)
+        server.wait_ready()
         for name, mode in (("web-1", []), ("orders-1", ["--sotw"])):
             out = work / f"{name}.json"
             run("proxy", "bootstrap", name, "--token", tokens[name], "--server", f"127.0.0.1:{xds_port}",
@@ -149,13 +139,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     finally:
         for e in envoys:
             e.stop()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
-        server_log.close()
+        server.stop()
         app.stop()
 
 
