@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -164,6 +166,25 @@ def bootstrap_ci(rounds: int, statistic: Callable[[list[int]], float], level: fl
         return float("nan"), float("nan")
     tail = (1 - level) / 2 * 100
     return pct(values, tail), pct(values, 100 - tail)
+
+
+WRK_MISSING = "wrk is not installed: apt-get install -y wrk"
+
+
+def wrk_missing() -> bool:
+    """True, said on stderr, when wrk (the data-plane benchmarks' load generator) is missing."""
+    if shutil.which("wrk") is None:
+        print(WRK_MISSING, file=sys.stderr)
+        return True
+    return False
+
+
+def publish(res: dict[str, Any], text: str, json_path: Path | None) -> None:
+    """Print a benchmark's report; with `--json FILE`, keep every figure there too."""
+    print()
+    print(text)
+    if json_path:
+        json_path.write_text(json.dumps(res, indent=1, default=str))
 
 
 def envoy_version() -> str:

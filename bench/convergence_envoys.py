@@ -32,7 +32,6 @@ noticed by polling SQLite's data_version.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sqlite3
 import statistics
@@ -45,7 +44,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import MESHGATE, ServeProcess, anon_mb, cli, machine, machine_line, pct, rss_mb  # noqa: E402
+from bench._common import (  # noqa: E402
+    MESHGATE,
+    ServeProcess,
+    anon_mb,
+    cli,
+    machine,
+    machine_line,
+    pct,
+    publish,
+    rss_mb,
+)
 from meshgate.fleet.envoy import EnvoyProcess, free_port  # noqa: E402
 
 PER_SERVICE = 5
@@ -287,10 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.envoys, args.changes = 3, 2
     res = run(args.envoys, args.changes)
-    print()
-    print(report(res))
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=1, default=str))
+    publish(res, report(res), args.json)
     return 0 if res["all_verified"] else 1
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import shutil
 import statistics
 import sys
@@ -43,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import cpu_seconds, machine, machine_line, pct  # noqa: E402
+from bench._common import WRK_MISSING, cpu_seconds, machine, machine_line, pct, publish, wrk_missing  # noqa: E402
 from bench._envoys import tls_pair, upstream_bootstrap  # noqa: E402
 from bench._wrk import Target, status, write_scripts, wrk  # noqa: E402
 from meshgate.fleet.envoy import EnvoyProcess, free_port  # noqa: E402
@@ -167,7 +166,7 @@ def run(rounds: int, seconds: float, connections: int, only: list[str] | None = 
         idle_seconds: float = 10.0, latency_seconds: int = 3, latency_connections: int = 10) -> dict[str, Any]:
     """`latency_seconds` of fixed-rate traffic (1,000 req/s) per variant per round (0: none)."""
     if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+        raise SystemExit(WRK_MISSING)
     m = machine()
     work = Path(tempfile.mkdtemp(prefix="meshgate-breakdown-"))
     scripts = write_scripts(work, rate=1000, connections=latency_connections)
@@ -309,14 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     idle, latency = 10.0, 3
     if args.quick:
         args.rounds, args.seconds, idle, latency = 1, 1, 2.0, 1
-    if shutil.which("wrk") is None:
-        print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
+    if wrk_missing():
         return 2
     res = run(args.rounds, args.seconds, args.connections, idle_seconds=idle, latency_seconds=latency)
-    print()
-    print(report(res))
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=1, default=str))
+    publish(res, report(res), args.json)
     return 0
 
 

@@ -61,6 +61,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (  # noqa: E402
+    WRK_MISSING,
     ServeProcess,
     bootstrap_ci,
     cli,
@@ -68,7 +69,9 @@ from bench._common import (  # noqa: E402
     machine,
     machine_line,
     pct,
+    publish,
     token_of,
+    wrk_missing,
 )
 from bench._envoys import plain_bootstrap, tls_pair, upstream_bootstrap  # noqa: E402
 from bench._wrk import Target, status, write_scripts, wrk  # noqa: E402
@@ -233,7 +236,7 @@ def measured(setup: Setup, p: Target, seconds: float, connections: int, script: 
 def run(rate: int, seconds: float, rounds: int, connections: int, load_connections: int,
         load_seconds: float, warmup: bool = True) -> dict[str, Any]:
     if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+        raise SystemExit(WRK_MISSING)
     work = Path(tempfile.mkdtemp(prefix="meshgate-dataplane-"))
     scripts = write_scripts(work, rate, connections)
     fixed, closed = scripts.fixed, scripts.closed
@@ -420,14 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     args, _ = ap.parse_known_args(argv)  # `python -m bench -- ...` passes every benchmark the same args
     if args.quick:
         args.rounds, args.seconds, args.load_seconds = 1, 1, 1
-    if shutil.which("wrk") is None:
-        print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
+    if wrk_missing():
         return 2
     res = run(args.rate, args.seconds, args.rounds, args.connections, args.load_connections, args.load_seconds)
-    print()
-    print(report(res))
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=1, default=str))
+    publish(res, report(res), args.json)
     return 0
 
 

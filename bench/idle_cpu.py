@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import ServeProcess, cpu_seconds, machine, machine_line, rss_mb  # noqa: E402
+from bench._common import ServeProcess, cpu_seconds, machine, machine_line, publish, rss_mb  # noqa: E402
 from bench.xds_scale import Client, make_store  # noqa: E402
 
 
@@ -107,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.clients, args.seconds = 10, 2.0
     res = run(args.clients, args.seconds)
-    print(report(res))
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=1, default=str))
+    publish(res, report(res), args.json)
     return 0
 
 

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from google.protobuf import json_format
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import wrk_missing  # noqa: E402
 from meshgate.fleet.envoy import EnvoyProcess, free_port  # noqa: E402
 from meshgate.telemetry.envoy_config import (  # noqa: E402
     bootstrap_stats_sink,
@@ -159,8 +159,7 @@ def main() -> int:
     args, _ = ap.parse_known_args()  # `python -m bench -- ...` passes every benchmark the same args
     if args.quick:
         args.rounds, args.seconds = 1, 1
-    if shutil.which("wrk") is None:
-        print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
+    if wrk_missing():
         return 2
     work = Path(tempfile.mkdtemp(prefix="meshgate-bench-"))
     script = work / "mixed.lua"
